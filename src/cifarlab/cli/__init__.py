@@ -1,0 +1,48 @@
+"""Command line: `cifarlab <command>`. Only this package sees argparse.
+
+Each command module exposes `add_parser(subparsers)` that registers its flags and sets
+`func(args) -> int`. Errors meant for the user become one line on stderr and exit code 2
+(or the error's own code); a traceback means a bug.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cifarlab import __version__
+from cifarlab.errors import CifarlabError
+
+COMMANDS = ("train", "models", "inspect", "study", "report")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, without the usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cifarlab", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"cifarlab.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"cifarlab.cli.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CifarlabError as exc:
+        print(f"cifarlab {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"cifarlab {args.command}: interrupted", file=sys.stderr)
+        return 130

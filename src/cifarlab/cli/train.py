@@ -1,0 +1,35 @@
+"""`cifarlab train`: one run into runs/NAME."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from cifarlab.cli.common import add_data_args, add_model_args, add_train_args, run_config
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train one model and write a run folder",
+                       description="Train one model; writes OUT/{config.json, history.csv, history.json, "
+                                   "model.pt, predictions.npz}.")
+    add_model_args(p)
+    add_data_args(p)
+    add_train_args(p)
+    out = p.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", help="run folder (default runs/<model>-<time>)")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cifarlab.experiment import run_experiment
+
+    cfg = run_config(args)
+    out = Path(args.out or f"runs/{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    history = run_experiment(cfg, out, overwrite=args.overwrite)
+    final, meta = history.final, history.meta
+    print(f"final test accuracy {final['test_acc']:.4f}"
+          + (f" (flip TTA {final['test_acc_tta']:.4f})" if "test_acc_tta" in final else "")
+          + f" - {meta['params']:,} params - {meta['train_seconds']:.1f}s on {meta['device']}")
+    print(f"results: {out}/")
+    return 0

@@ -1,0 +1,354 @@
+"""Finding, verifying, caching and loading CIFAR-10; validation split; batch augmentation on device.
+
+Lookup order for the data folder: an explicit `root` (--data), then $CIFARLAB_DATA, then ./data.
+A folder may hold the official python batches (`cifar-10-batches-py/`) or an image-folder layout
+(`train/<class>/*.png`, `test/<class>/*.png`). Images are decoded once into a cache file
+(uint8 arrays + labels + class names) next to the data, so later starts take well under a second.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cifarlab.errors import DataError
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+BATCHES_DIR = "cifar-10-batches-py"
+CACHE_NAME = ".cifarlab-cache.npz"
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Cifar10:
+    """The decoded dataset: images (N, 32, 32, 3) uint8 and labels (N,) int64, official class order."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: tuple[str, ...]
+    source: str
+
+
+@dataclass
+class Split:
+    """Normalised tensors for one part of the data: x (N, 3, 32, 32) float32, y (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True))
+
+
+@dataclass
+class DataSplits:
+    """Train / optional validation / test, normalised with the training portion's mean and std."""
+
+    train: Split
+    val: Split | None
+    test: Split
+    classes: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    test_images: np.ndarray  # (N, 32, 32, 3) uint8, for misclassified-image grids
+
+    def to(self, device: torch.device | str) -> "DataSplits":
+        return DataSplits(
+            self.train.to(device),
+            self.val.to(device) if self.val is not None else None,
+            self.test.to(device),
+            self.classes,
+            self.mean,
+            self.std,
+            self.test_images,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding
+
+
+def _holds_cifar(folder: Path) -> bool:
+    return (folder / BATCHES_DIR).is_dir() or (folder / "train").is_dir() or (folder / "data_batch_1").is_file()
+
+
+def find_root(root: str | os.PathLike | None = None) -> Path | None:
+    """The first data folder that holds CIFAR-10: `root`, $CIFARLAB_DATA, ./data; None if none does."""
+    if root is not None:
+        path = Path(root)
+        if not path.is_dir():
+            raise DataError(f"data directory '{path}' does not exist")
+        return path
+    env = os.environ.get("CIFARLAB_DATA")
+    if env:
+        path = Path(env)
+        if not path.is_dir():
+            raise DataError(f"$CIFARLAB_DATA points to '{path}', which does not exist")
+        return path
+    local = Path("data")
+    return local if local.is_dir() and _holds_cifar(local) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _read_batches(folder: Path) -> Cifar10:
+    def unpickle(name: str) -> dict:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"'{path}' is missing (expected the official CIFAR-10 python batches)")
+        try:
+            with path.open("rb") as fh:
+                return pickle.load(fh, encoding="latin1")
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+            raise DataError(f"'{path}' is not a readable CIFAR-10 batch ({exc.__class__.__name__})") from None
+
+    def images(batch: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
+        data = np.asarray(batch.get("data"), dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3072:
+            raise DataError(f"'{folder / name}' holds data of shape {data.shape}, expected (N, 3072)")
+        x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(x), np.asarray(batch["labels"], dtype=np.int64)
+
+    parts = [images(unpickle(f"data_batch_{i}"), f"data_batch_{i}") for i in range(1, 6)]
+    test_x, test_y = images(unpickle("test_batch"), "test_batch")
+    meta = unpickle("batches.meta")
+    classes = tuple(meta.get("label_names", CLASSES))
+    return Cifar10(
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        test_x,
+        test_y,
+        classes,
+        str(folder),
+    )
+
+
+def _decode_png(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode != "RGB" or img.size != (32, 32):
+                raise DataError(f"'{path}' is {img.size[0]}x{img.size[1]} {img.mode}, expected 32x32 RGB")
+            return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"'{path}' is not a readable image ({exc.__class__.__name__})") from None
+
+
+def _class_folders(split_dir: Path) -> list[Path]:
+    if not split_dir.is_dir():
+        raise DataError(f"'{split_dir}' is missing (expected {split_dir.name}/<class>/*.png)")
+    found = {p.name for p in split_dir.iterdir() if p.is_dir()}
+    for name in CLASSES:
+        if name not in found:
+            raise DataError(f"'{split_dir}': class folder '{name}' is missing")
+    extra = sorted(found - set(CLASSES))
+    if extra:
+        raise DataError(f"'{split_dir}': unexpected class folder '{extra[0]}' (CIFAR-10 has {', '.join(CLASSES)})")
+    return [split_dir / name for name in CLASSES]
+
+
+def _read_image_folder(folder: Path) -> Cifar10:
+    def read_split(name: str) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for label, class_dir in enumerate(_class_folders(folder / name)):
+            files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() == ".png")
+            if not files:
+                raise DataError(f"'{class_dir}' holds no .png images")
+            xs.extend(_decode_png(p) for p in files)
+            ys.extend([label] * len(files))
+        return np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+    train_x, train_y = read_split("train")
+    test_x, test_y = read_split("test")
+    return Cifar10(train_x, train_y, test_x, test_y, CLASSES, str(folder))
+
+
+def _source_signature(source: Path) -> str:
+    """Cheap fingerprint of the source files (names, sizes, mtimes) so a changed folder is re-decoded."""
+    digest = hashlib.sha1(str(CACHE_VERSION).encode())
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name == CACHE_NAME:
+                continue
+            st = os.stat(os.path.join(dirpath, name))
+            digest.update(f"{os.path.relpath(dirpath, source)}/{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _cache_path(source: Path) -> Path:
+    if os.access(source, os.W_OK):
+        return source / CACHE_NAME
+    # Read-only data folder: cache under the user's cache directory, keyed by the folder's path.
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cifarlab"
+    key = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:16]
+    return base / f"{key}.npz"
+
+
+def _write_cache(path: Path, ds: Cifar10, signature: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename, so an interrupted first start never leaves a truncated cache behind.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, train_x=ds.train_x, train_y=ds.train_y, test_x=ds.test_x, test_y=ds.test_y,
+                     classes=np.asarray(ds.classes), signature=np.asarray(signature))
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)  # an unwritable cache only costs the next start time
+
+
+def _read_cache(path: Path, signature: str, source: str) -> Cifar10 | None:
+    try:
+        with np.load(path) as z:
+            if str(z["signature"]) != signature:
+                return None
+            return Cifar10(z["train_x"], z["train_y"], z["test_x"], z["test_y"],
+                           tuple(str(c) for c in z["classes"]), source)
+    except Exception:  # noqa: BLE001 - a bad cache is rebuilt, never trusted
+        return None
+
+
+def _source_folder(root: Path) -> tuple[Path, str]:
+    if (root / BATCHES_DIR).is_dir():
+        return root / BATCHES_DIR, "batches"
+    if (root / "data_batch_1").is_file():
+        return root, "batches"
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        return root, "folder"
+    raise DataError(f"'{root}' holds neither '{BATCHES_DIR}/' nor 'train/' and 'test/' image folders")
+
+
+def download(root: Path) -> Path:
+    """Download the official archive into `root` with torchvision; return the folder holding it."""
+    try:
+        from torchvision.datasets import CIFAR10
+    except ImportError:
+        raise DataError("downloading CIFAR-10 needs torchvision: pip install 'cifarlab[download]'") from None
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        CIFAR10(str(root), train=True, download=True)
+    except Exception as exc:  # noqa: BLE001 - network errors come in many classes
+        raise DataError(f"could not download CIFAR-10 into '{root}': {exc}") from None
+    return root
+
+
+def load_cifar10(root: str | os.PathLike | None = None, download_missing: bool = False) -> Cifar10:
+    """Find, verify and decode CIFAR-10 (cached after the first call)."""
+    found = find_root(root)
+    if found is None:
+        if not download_missing:
+            raise DataError("CIFAR-10 not found: pass --data DIR, set $CIFARLAB_DATA, put it in ./data, "
+                            "or add --download")
+        found = download(Path("data"))
+    source, kind = _source_folder(found)
+    signature = _source_signature(source)
+    cache = _cache_path(source)
+    ds = _read_cache(cache, signature, str(source)) if cache.exists() else None
+    if ds is None:
+        ds = _read_batches(source) if kind == "batches" else _read_image_folder(source)
+        _write_cache(cache, ds, signature)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting and normalising
+
+
+def _stratified_holdout(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of `n` examples with classes in proportion, chosen at random."""
+    classes = np.unique(y)
+    picks = []
+    per_class = np.full(len(classes), n // len(classes))
+    per_class[: n % len(classes)] += 1
+    for c, k in zip(classes, per_class):
+        idx = np.flatnonzero(y == c)
+        picks.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
+    return np.sort(np.concatenate(picks))
+
+
+def make_splits(ds: Cifar10, val: int = 0, subset: int = 0, seed: int = 0) -> DataSplits:
+    """Hold out `val` training images (stratified, seeded), optionally keep `subset` of the rest, normalise."""
+    n = len(ds.train_y)
+    if val >= n:
+        raise DataError(f"--val {val} leaves no training images (the training set has {n})")
+    rng = np.random.default_rng(seed)
+    val_idx = _stratified_holdout(ds.train_y, val, rng) if val else np.empty(0, dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(n), val_idx)
+    if subset:
+        if subset > len(train_idx):
+            raise DataError(f"--subset {subset} is more than the {len(train_idx)} training images available")
+        train_idx = np.sort(train_idx[_stratified_holdout(ds.train_y[train_idx], subset, rng)])
+
+    train_u8 = ds.train_x[train_idx]
+    # Per-channel statistics of the images actually trained on, in [0, 1] units.
+    pixels = train_u8.reshape(-1, 3).astype(np.float64) / 255.0
+    mean = tuple(float(v) for v in pixels.mean(0))
+    std = tuple(float(v) for v in pixels.std(0))
+
+    def norm(x: np.ndarray, y: np.ndarray) -> Split:
+        t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W)
+        t = (t - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        return Split(t.contiguous(), torch.from_numpy(np.asarray(y, dtype=np.int64)))
+
+    return DataSplits(
+        train=norm(train_u8, ds.train_y[train_idx]),
+        val=norm(ds.train_x[val_idx], ds.train_y[val_idx]) if val else None,
+        test=norm(ds.test_x, ds.test_y),
+        classes=ds.classes,
+        mean=mean,  # type: ignore[arg-type]
+        std=std,  # type: ignore[arg-type]
+        test_images=ds.test_x,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation: whole batches on the training device, no per-sample Python work.
+
+
+def flip_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip each image of (B, C, H, W) left-right with probability 1/2."""
+    mask = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def crop_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random translate each image by up to `pad` pixels (reflect padding), as a random crop after padding."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
+    rows = (dy.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1)
+    cols = (dx.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    chan = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, chan, rows, cols]
+
+
+AUGMENTATIONS = {
+    "none": lambda x, g: x,
+    "flip": flip_batch,
+    "crop": lambda x, g: flip_batch(crop_batch(x, g), g),
+}
+
+
+def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """Apply augmentation `kind` ('none', 'flip', 'crop') to a normalised batch on its own device."""
+    return AUGMENTATIONS[kind](x, generator)

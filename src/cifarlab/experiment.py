@@ -1,0 +1,77 @@
+"""One experiment end to end: config -> data -> model -> train -> a complete run directory."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from cifarlab.config import RunConfig, to_dict, validate
+from cifarlab.data import DataSplits, load_cifar10, make_splits
+from cifarlab.models import check_budget, count_params, create_model
+from cifarlab.rundir import RunDir, code_version, save_checkpoint, write_history, write_json
+from cifarlab.train import History, predict, resolve_device, seed_everything, train
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    """The model `cfg` names, initialised from the run seed and checked against the budget."""
+    seed_everything(cfg.train.seed)
+    model = create_model(cfg.model.name, **cfg.model.options)
+    check_budget(model, cfg.max_params, cfg.model.name)
+    return model
+
+
+def load_data(cfg: RunConfig) -> DataSplits:
+    """CIFAR-10 split as `cfg.data` says."""
+    d = cfg.data
+    return make_splits(load_cifar10(d.root, d.download), val=d.val, subset=d.subset, seed=d.split_seed)
+
+
+def save_predictions(path: Path, model: nn.Module, data: DataSplits, tta: bool) -> None:
+    """Test-set class probabilities (float16) and labels, for confusion matrices and error grids."""
+    device = next(model.parameters()).device
+    logits = predict(model, data.test.x.to(device), tta=tta)
+    probs = torch.softmax(logits, 1).cpu().numpy().astype(np.float16)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, probs=probs, labels=data.test.y.cpu().numpy().astype(np.int8))
+    tmp.replace(path)
+
+
+def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None = None, overwrite: bool = False,
+                   log: Callable[[str], None] | None = print) -> History:
+    """Train one run and write `out/{config.json, history.csv, history.json, model.pt, predictions.npz}`.
+
+    Every check (config, model, budget, data) runs before the output folder is created.
+    """
+    validate(cfg)
+    resolve_device(cfg.train.device)
+    model = build_model(cfg)
+    if data is None:
+        data = load_data(cfg)
+    rundir = RunDir(out, overwrite=overwrite)
+    config = {**to_dict(cfg), "version": code_version()}
+    write_json(rundir.stage / "config.json", config)
+    meta = {"params": count_params(model), "non_trainable_params": count_params(model, trainable=False),
+            "classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}
+    rows: list[dict] = []
+
+    def on_epoch(row: dict) -> None:
+        rows.append(row)
+        write_history(rundir.stage, rows, meta)
+
+    try:
+        history = train(model, data, cfg.train, log=log, on_epoch=on_epoch)
+    except BaseException:
+        kept = rundir.abandon()
+        if kept is not None and log is not None:
+            log(f"interrupted: the {len(rows)} finished epoch(s) are kept in {kept}")
+        raise
+    history.meta = {**meta, **history.meta}
+    write_history(rundir.stage, history.rows, history.meta)
+    save_checkpoint(rundir.stage / "model.pt", model, config,
+                    {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)})
+    save_predictions(rundir.stage / "predictions.npz", model, data, cfg.train.tta)
+    rundir.commit()
+    return history

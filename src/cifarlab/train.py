@@ -1,0 +1,267 @@
+"""The one training loop: `train(model, data, cfg) -> History`.
+
+Hot loop rules: the data already sits on the training device, augmentation is done per batch
+there, and metrics accumulate in device tensors that are read once per epoch (no host sync
+inside an epoch on CUDA). The CPU path has the same semantics.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifarlab.config import TrainConfig
+from cifarlab.data import DataSplits, Split, augment_batch
+from cifarlab.errors import ConfigError
+from cifarlab.optim import create_optimizer, create_schedule, penalty, penalty_terms
+
+
+@dataclass
+class History:
+    """Per-epoch metrics plus run-level facts (device, parameter count, timings)."""
+
+    rows: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict:
+        return self.rows[-1] if self.rows else {}
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else must be usable here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but CUDA is not available here")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's CPU and CUDA generators (model init, dropout)."""
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000, tta: bool = False,
+            autocast: Callable = nullcontext) -> torch.Tensor:
+    """Logits (N, classes) in float32; with `tta`, the mean of the image's and its mirror's logits."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i: i + batch_size]
+        if xb.is_cuda:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            out = model(xb).float()
+            if tta:
+                out = (out + model(xb.flip(3)).float()) / 2
+        outs.append(out)
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+def _evaluate(model, split: Split, cfg: TrainConfig, autocast, tta: bool) -> dict[str, torch.Tensor]:
+    logits = predict(model, split.x, cfg.eval_batch_size, False, autocast)
+    out = {"loss": F.cross_entropy(logits, split.y), "acc": (logits.argmax(1) == split.y).float().mean()}
+    if tta:
+        logits_tta = predict(model, split.x, cfg.eval_batch_size, True, autocast)
+        out["acc_tta"] = (logits_tta.argmax(1) == split.y).float().mean()
+    return out
+
+
+class _EMA:
+    """Exponential moving average of the weights (buffers copied), for evaluation."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval()
+        self.decay = decay
+        self.src = [p for p in model.parameters()]
+        self.dst = [p for p in self.model.parameters()]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        torch._foreach_lerp_(self.dst, self.src, 1.0 - self.decay)
+        for b_dst, b_src in zip(self.model.buffers(), model.buffers()):
+            b_dst.copy_(b_src)
+
+
+def _epoch_line(row: dict, epochs: int, eta: float | None) -> str:
+    parts = [f"Epoch {row['epoch']}/{epochs}", f"{row['seconds']:.1f}s",
+             f"loss {row['train_loss']:.4f}", f"acc {row['train_acc']:.4f}"]
+    if "val_acc" in row:
+        parts += [f"val_loss {row['val_loss']:.4f}", f"val_acc {row['val_acc']:.4f}"]
+    parts += [f"test_loss {row['test_loss']:.4f}", f"test_acc {row['test_acc']:.4f}"]
+    if "test_acc_tta" in row:
+        parts.append(f"test_acc_tta {row['test_acc_tta']:.4f}")
+    parts.append(f"lr {row['lr']:.3g}")
+    if eta is not None and row["epoch"] < epochs:
+        parts.append(f"~{int(eta // 60)}m{int(eta % 60):02d}s left")
+    return " - ".join(parts)
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    # Silent when stderr is not a terminal (CI, logs, studies running in the background).
+    return tqdm(total=total, desc=desc, leave=False, unit="batch", dynamic_ncols=True,
+                disable=not sys.stderr.isatty() or os.environ.get("CIFARLAB_NO_PROGRESS") == "1")
+
+
+def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
+          log: Callable[[str], None] | None = print,
+          on_epoch: Callable[[dict], None] | None = None) -> History:
+    """Train `model` on `data` as `cfg` says; return the per-epoch history.
+
+    `on_epoch(row)` is called after every epoch so a caller can persist progress as it goes.
+    The model is left trained in place (with EMA weights copied in when `cfg.ema` is set).
+    """
+    device = resolve_device(cfg.device)
+    use_cuda = device.type == "cuda"
+    if use_cuda:
+        torch.backends.cudnn.benchmark = True
+        model = model.to(device, memory_format=torch.channels_last)
+    else:
+        model = model.to(device)
+    data = data.to(device)
+    autocast = _autocast(device, cfg.precision)
+    compiled = cfg.compile == "on" or (cfg.compile == "auto" and use_cuda)
+    net = torch.compile(model) if compiled else model
+
+    n = len(data.train)
+    bs = min(cfg.batch_size, n)
+    steps = n // bs  # drop the ragged last batch: one batch shape, no tiny noisy BN batch
+    opt = create_optimizer(model, cfg.optim, device)
+    sched = create_schedule(opt, cfg.optim, cfg.epochs, steps)
+    terms = penalty_terms(model, cfg.reg)
+    smoothing = cfg.reg.label_smoothing
+
+    def forward_backward(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast():
+            out = net(xb)
+        loss = F.cross_entropy(out.float(), yb, label_smoothing=smoothing)
+        total = loss + penalty(terms) if terms else loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        return loss.detach(), out.detach()
+
+    warmup_seconds = _warm_up(model, net, data, cfg, bs, autocast, forward_backward) if (compiled or use_cuda) else 0.0
+    seed_everything(cfg.seed)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed)
+    ema = _EMA(model, cfg.ema) if cfg.ema else None
+
+    history = History(meta={"device": _device_name(device), "train_images": n, "batch_size": bs,
+                            "steps_per_epoch": steps, "compiled": compiled, "warmup_seconds": warmup_seconds})
+    run_start = time.perf_counter()
+    show_loss = not use_cuda  # reading the loss costs a host sync: only worth it on CPU
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        perm = torch.randperm(n, device=device, generator=gen)
+        with _progress(steps, f"epoch {epoch}/{cfg.epochs}") as bar:
+            for i in range(steps):
+                idx = perm[i * bs: (i + 1) * bs]
+                xb = augment_batch(data.train.x[idx], cfg.augment, gen)
+                yb = data.train.y[idx]
+                if use_cuda:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                loss, out = forward_backward(xb, yb)
+                opt.step()
+                sched.step_batch()
+                if ema is not None:
+                    ema.update(model)
+                loss_sum += loss * bs
+                correct += (out.argmax(1) == yb).sum()
+                bar.update(1)
+                if show_loss and not bar.disable and i % 20 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+        eval_model = ema.model if ema is not None else net
+        row = _epoch_row(epoch, loss_sum, correct, steps * bs, lr, eval_model, data, cfg, autocast)
+        if use_cuda:
+            torch.cuda.synchronize()
+        row["seconds"] = time.perf_counter() - t0
+        sched.step_epoch(row.get("val_loss", row["train_loss"]))  # plateau never watches the test set
+        history.rows.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if log is not None:
+            elapsed = time.perf_counter() - run_start
+            log(_epoch_line(row, cfg.epochs, elapsed / epoch * (cfg.epochs - epoch)))
+    if ema is not None:
+        model.load_state_dict(ema.model.state_dict())
+    train_seconds = time.perf_counter() - run_start
+    history.meta.update(train_seconds=train_seconds,
+                        images_per_second=n * cfg.epochs / max(train_seconds, 1e-9))
+    return history
+
+
+def _epoch_row(epoch, loss_sum, correct, seen, lr, model, data: DataSplits, cfg, autocast) -> dict:
+    # The single host sync of the epoch happens here, after the evaluation is queued too.
+    metrics = {"train_loss": loss_sum / seen, "train_acc": correct.float() / seen}
+    if data.val is not None:
+        ev = _evaluate(model, data.val, cfg, autocast, False)
+        metrics.update(val_loss=ev["loss"], val_acc=ev["acc"])
+    ev = _evaluate(model, data.test, cfg, autocast, cfg.tta)
+    metrics.update({f"test_{k}": v for k, v in ev.items()})
+    values = torch.stack([v.float() for v in metrics.values()]).tolist()
+    row = {"epoch": epoch}
+    row.update({k: float(v) for k, v in zip(metrics, values)})
+    row["lr"] = float(lr)
+    if not all(math.isfinite(row[k]) for k in ("train_loss", "test_loss")):
+        row["diverged"] = True
+    return row
+
+
+def _warm_up(model, net, data: DataSplits, cfg: TrainConfig, bs: int, autocast, forward_backward) -> float:
+    """Compile / autotune on throw-away forward+backward passes, then restore the weights: seconds.
+
+    Timing this apart keeps compilation out of the per-run figures. No optimizer step is taken,
+    so only norm running statistics change, and those are restored.
+    """
+    state = copy.deepcopy(model.state_dict())
+    t0 = time.perf_counter()
+    xb, yb = data.train.x[:bs], data.train.y[:bs]
+    if xb.is_cuda:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    model.train()
+    for _ in range(2):
+        forward_backward(xb, yb)
+    for p in model.parameters():
+        p.grad = None
+    for split in (data.val, data.test):
+        if split is not None:
+            predict(net, split.x[: cfg.eval_batch_size], cfg.eval_batch_size, cfg.tta, autocast)
+    if xb.is_cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    model.load_state_dict(state)
+    return seconds
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
