@@ -22,7 +22,7 @@ from cifarlab import __version__
 from cifarlab.errors import ConfigError
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                   "test_acc_tta", "lr", "seconds")
+                   "test_acc_tta", "lr", "seconds", "train_seconds")
 
 
 def code_version() -> dict[str, str]:

@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import Any
 
-from cifarlab.config import AUGMENTS, DataConfig, ModelConfig, OptimConfig, RegConfig, RunConfig, TrainConfig
+from cifarlab.config import AUGMENTS, COMPILE_CHOICES, DataConfig, ModelConfig, OptimConfig, RegConfig, RunConfig, TrainConfig
 from cifarlab.errors import ConfigError
 
 # Model options with their own flags; any other option goes through --model-opt KEY=VALUE.
@@ -62,19 +62,20 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--download", action="store_true", help="download CIFAR-10 into ./data if not found")
     g.add_argument("--val", type=int, default=0, metavar="N", help="hold out N training images for validation")
     g.add_argument("--subset", type=int, default=0, metavar="N", help="train on N images only (quick runs)")
-    g.add_argument("--augment", default="none", choices=AUGMENTS, help="none | flip | crop (pad 4 + flip)")
+    g.add_argument("--augment", default=TrainConfig.augment, choices=AUGMENTS,
+                   help=f"none | flip | crop (reflect-pad 4 + flip; default {TrainConfig.augment})")
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
-    o = OptimConfig()
+    o, t, r0 = OptimConfig(), TrainConfig(), RegConfig()
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=20)
-    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--epochs", type=int, default=t.epochs)
+    g.add_argument("--batch-size", type=int, default=t.batch_size)
     g.add_argument("--optimizer", default=o.name, help="sgd | adam | adamw")
     g.add_argument("--lr", type=float, default=o.lr, help="(peak) learning rate")
     g.add_argument("--momentum", type=float, default=o.momentum)
-    g.add_argument("--nesterov", action="store_true")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="optimizer decay of conv/linear kernels")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=o.nesterov)
+    g.add_argument("--weight-decay", type=float, default=o.weight_decay, help="optimizer decay of conv/linear kernels")
     g.add_argument("--schedule", default=o.schedule, help="none | step | onecycle | plateau | linear")
     g.add_argument("--step-epochs", type=int, default=o.step_epochs, help="step: epochs between decays")
     g.add_argument("--gamma", type=float, default=o.gamma, help="step/plateau: lr factor")
@@ -84,13 +85,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     for name in ("l1-conv", "l1-dense", "l2-conv", "l2-dense"):
         r.add_argument(f"--{name}", type=float, default=0.0, metavar="LAMBDA",
                        help=f"{name.split('-')[0].upper()} penalty on {name.split('-')[1]} kernels (Keras)")
-    r.add_argument("--label-smoothing", type=float, default=0.0)
+    r.add_argument("--label-smoothing", type=float, default=r0.label_smoothing)
     r.add_argument("--ema", type=float, default=0.0, help="weight EMA decay per step (0 = off)")
     x = parser.add_argument_group("run")
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--device", default="auto", help="auto | cpu | cuda")
     x.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
-    x.add_argument("--compile", default="auto", help="auto (on with CUDA) | on | off")
+    x.add_argument("--compile", default="auto", choices=COMPILE_CHOICES, help="auto = on with CUDA, off on CPU")
     x.add_argument("--tta", action="store_true", help="also report flip test-time-augmented accuracy")
     x.add_argument("--max-params", type=int, metavar="N", help="refuse a model with more trainable parameters")
 

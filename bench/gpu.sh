@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# GPU-machine driver: bash bench/gpu.sh STEP [STEP...]. Data must be in $CIFARLAB_DATA.
+# Work goes to /tmp/work; each step packs its results (no weights) into $OUT/<step>.tgz.
+set -uo pipefail
+export PYTHONPATH=$PWD/src:$PWD PYTHONUNBUFFERED=1 CIFARLAB_NO_PROGRESS=1
+OUT=${OUT:-/tmp/out}
+W=/tmp/work
+mkdir -p "$W" "$OUT"
+cl() { python3 -m cifarlab "$@"; }
+pack() { tar czf "$OUT/$1.tgz" --exclude=model.pt --exclude=predictions.npz -C "$W" "$1"; }
+study() {  # study NAME SPEC [flags...]
+  local name=$1 spec=$2; shift 2
+  cl study "$spec" --out "$W/$name" "$@" && cl report "$W/$name" >/dev/null; pack "$name"
+  python3 bench/summary.py "$W/$name" | tee -a "$OUT/summary.txt"
+}
+for step in "$@"; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    env) nvidia-smi -L; python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" ;;
+    speed)  # compile modes on budget-net, 2 epochs each
+      for c in off on reduce-overhead; do
+        cl train --model budget-net --epochs 2 --batch-size 512 --lr 0.8 --augment crop --compile $c \
+          --out "$W/speed-$c" --overwrite | tail -2
+      done ;;
+    s8-default) cl train --model s8-net --norm bn --epochs 20 --out "$W/s8-default" --overwrite --tta \
+                  | tee "$OUT/s8-default.log" ;;
+    tune-s8) study tune-s8 studies/tune/s8.toml --jobs 4 ;;
+    tune-budget) study tune-budget studies/tune/budget.toml --jobs 4 ;;
+    normalization) study normalization studies/normalization.toml --seeds 5 ;;
+    keras) study keras-cifar10 studies/keras-cifar10.toml --seeds 3 --jobs 3 ;;
+    budget) study budget studies/budget.toml --seeds 5 ;;
+    bench) python3 bench/bench.py gpu --out "$W/bench" | tee "$OUT/bench.txt" ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
+cat "$OUT/summary.txt" 2>/dev/null

@@ -1,0 +1,24 @@
+"""`cifarlab report DIR`: write DIR/report.html and DIR/report.md from a study folder."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="write report.html and report.md for a study folder",
+                       description="Summarise a study folder: comparison table over seeds, insights, training "
+                                   "curves, confusion matrices, misclassified images and layer tables. Writes "
+                                   "DIR/report.html (self-contained) and DIR/report.md (+ DIR/report-files/).")
+    p.add_argument("folder", metavar="DIR", help="study folder (holds store.sqlite)")
+    p.add_argument("--data", metavar="DIR",
+                   help="CIFAR-10 folder for the misclassified-image grids (default: the one each run used)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cifarlab.report import write_report
+
+    html_path, md_path = write_report(args.folder, data_root=args.data)
+    print(f"report: {html_path}")
+    print(f"        {md_path}")
+    return 0

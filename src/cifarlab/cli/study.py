@@ -1,0 +1,31 @@
+"""`cifarlab study SPEC`: run a study's experiments x seeds, resumably."""
+from __future__ import annotations
+
+import argparse
+
+from cifarlab.cli.common import positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("study", help="run a study spec (experiments x seeds); rerun to resume",
+                       description="Run every experiment of a TOML study spec for each seed. Finished runs "
+                                   "are recorded in DIR/store.sqlite and skipped when run again.")
+    p.add_argument("spec", help="study spec, e.g. studies/normalization.toml")
+    p.add_argument("--seeds", type=positive_int, help="number of seeds (default: the spec's `seeds`)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs at once (processes; default 1)")
+    p.add_argument("--out", metavar="DIR", help="study folder (default runs/<study name>)")
+    p.add_argument("--report", action="store_true", help="write the report when the runs are done")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cifarlab.study import load_spec, run_study
+
+    spec = load_spec(args.spec)
+    folder = run_study(spec, out=args.out, seeds=args.seeds, jobs=args.jobs)
+    if args.report:
+        from cifarlab.report import write_report
+
+        for path in write_report(folder):
+            print(f"report: {path}")
+    return 0

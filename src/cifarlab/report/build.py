@@ -1,0 +1,409 @@
+"""Assemble the report from a study folder and write report.html and report.md (+ report-files/)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarlab.errors import CifarlabError
+from cifarlab.report import figures
+from cifarlab.report.doc import (Block, Bullets, Details, Document, Heading, Image, Para, Pre, Table,
+                                 render_html, render_markdown)
+from cifarlab.report.insights import insights, reference
+from cifarlab.report.stats import summarize
+from cifarlab.report.study import Experiment, Predictions, Study, confusion, load_predictions, load_study
+
+HTML_NAME, MD_NAME, FILES_DIR = "report.html", "report.md", "report-files"
+MAX_MISTAKES = 24
+BEST_EPOCH_LABEL = "best test epoch (optimistic, for reference only)"
+# Config keys that differ between runs of one experiment or carry no meaning for a comparison.
+_IGNORED_KEYS = ("train.seed", "data.root", "data.download", "train.device", "version")
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    """'72.31 ± 0.45' (or just the mean for one value); '–' for none."""
+    s = summarize(values)
+    if s.n == 0:
+        return "\u2013"
+    text = f"{scale * s.mean:.{digits}f}"
+    return f"{text} \u00b1 {scale * s.std:.{digits}f}" if s.has_spread else text
+
+
+def interval(values: list[float], scale: float = 100.0) -> str:
+    s = summarize(values)
+    return f"[{scale * s.lo:.2f}, {scale * s.hi:.2f}]" if s.has_spread else "\u2013"
+
+
+def int_range(values: list[float]) -> str:
+    lo, hi = int(min(values)), int(max(values))
+    return f"{lo:,}" if lo == hi else f"{lo:,}\u2013{hi:,}"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, s = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {s:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-").lower() or "x"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; model options become one entry each, so a diff names the option."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _with_model_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with every model option filled in from the model's defaults (when the model is known)."""
+    model = config.get("model", {})
+    try:
+        from cifarlab.models import model_options
+
+        defaults = model_options(model.get("name", ""))
+    except CifarlabError:
+        return config
+    return {**config, "model": {**model, "options": {**defaults, **model.get("options", {})}}}
+
+
+def config_diff(exp: Experiment, ref: Experiment) -> list[str]:
+    """'`model.options.width` 32 → 48' for every config value that differs from the reference."""
+    a = flatten(_with_model_defaults(exp.runs[0].config))
+    b = flatten(_with_model_defaults(ref.runs[0].config))
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key.startswith(_IGNORED_KEYS) or a.get(key) == b.get(key):
+            continue
+        out.append(f"`{key}` {json.dumps(b.get(key))} \u2192 {json.dumps(a.get(key))}")
+    return out
+
+
+def config_summary(config: dict[str, Any]) -> str:
+    """One line: model and options, optimiser, schedule, augmentation, epochs, batch size."""
+    model, train = config.get("model", {}), config.get("train", {})
+    optim = train.get("optim", {})
+    opts = ", ".join(f"{k}={v}" for k, v in model.get("options", {}).items())
+    parts = [f"`{model.get('name', '?')}`" + (f" ({opts})" if opts else ""),
+             f"{optim.get('name', '?')} lr {optim.get('lr', '?')}, schedule {optim.get('schedule', '?')}",
+             f"augment {train.get('augment', '?')}", f"{train.get('epochs', '?')} epochs",
+             f"batch {train.get('batch_size', '?')}"]
+    if optim.get("weight_decay"):
+        parts.append(f"weight decay {optim['weight_decay']}")
+    if train.get("ema"):
+        parts.append(f"EMA {train['ema']}")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+def _facts(study: Study) -> list[tuple[str, str]]:
+    runs = study.runs
+    devices = sorted({r.device for r in runs})
+    seeds = sorted({r.seed for r in runs})
+    wall = sum(r.seconds + r.warmup_seconds for r in runs)
+    facts = [("experiments", str(len(study.experiments))),
+             ("runs", f"{len(runs)} (seeds {', '.join(map(str, seeds))})"),
+             ("device", ", ".join(devices)),
+             ("total wall-clock", duration(wall)),
+             ("last run recorded", study.recorded.strftime("%Y-%m-%d %H:%M")),
+             ("report written", dt.datetime.now().strftime("%Y-%m-%d %H:%M"))]
+    budget = []
+    if study.budget.get("max_params"):
+        budget.append(f"\u2264 {int(study.budget['max_params']):,} params")
+    if study.budget.get("max_epochs"):
+        budget.append(f"\u2264 {int(study.budget['max_epochs'])} epochs")
+    if budget:
+        facts.append(("budget", ", ".join(budget)))
+    return facts
+
+
+def _baseline_mark(exp: Experiment, study: Study) -> str:
+    return " (baseline)" if exp.name == study.baseline and exp.name.lower() != "baseline" else ""
+
+
+def comparison_table(study: Study) -> Table:
+    ref = reference(study)
+    ref_mean = summarize(ref.values("test_acc")).mean
+    has_val = study.val > 0 and any(r.val_acc is not None for r in study.runs)
+    has_tta = any(r.test_acc_tta is not None for r in study.runs)
+    columns = ["experiment", "n", "test acc %", "95% CI", "\u0394 test", "train acc %", "gap (pts)"]
+    columns += ["val acc %"] * has_val + ["test acc % (flip TTA)"] * has_tta
+    columns += ["params", "epochs", "s / run", "what changes"]
+    rows = []
+    for exp in study.experiments:
+        test = exp.values("test_acc")
+        delta = "\u2013" if exp is ref else f"{100 * (summarize(test).mean - ref_mean):+.2f}"
+        name = f"**{exp.name}**" + _baseline_mark(exp, study)
+        row = [name, str(len(exp.runs)), mean_std(test), interval(test), delta,
+               mean_std(exp.values("train_acc")), mean_std(exp.values("gap"))]
+        if has_val:
+            row.append(mean_std(exp.values("val_acc")))
+        if has_tta:
+            row.append(mean_std(exp.values("test_acc_tta")))
+        row += [int_range(exp.values("params")), int_range(exp.values("epochs")),
+                mean_std(exp.values("seconds"), scale=1.0, digits=1), exp.description]
+        rows.append(row)
+    align = "lrrrrrr" + "r" * (has_val + has_tta) + "rrrw"
+    caption = ("Final-epoch accuracy, mean \u00b1 std over n seeds (sample std); 95% CI: t-interval of the mean. "
+               f"\u0394 test: points against {ref.name}. Gap = train \u2212 test accuracy in points (train accuracy "
+               "is measured on the augmented training batches during the last epoch). s / run: training "
+               "wall-clock, warm-up excluded. No epoch or checkpoint is selected on the test set.")
+    if has_val:
+        caption += f" Val: {study.val:,} held-out training images, final epoch."
+    return Table(columns, rows, align=align, caption=caption)
+
+
+def per_seed_table(exp: Experiment, study: Study) -> Table:
+    has_val = study.val > 0 and any(r.val_acc is not None for r in exp.runs)
+    has_tta = any(r.test_acc_tta is not None for r in exp.runs)
+    columns = ["seed", "test acc %", "train acc %", "gap (pts)"] + ["val acc %"] * has_val
+    columns += ["flip TTA %"] * has_tta + [BEST_EPOCH_LABEL, "seconds", "run folder"]
+    rows = []
+    for r in exp.runs:
+        scored = [row for row in r.history if isinstance(row.get("test_acc"), (int, float))]
+        best = max(scored, key=lambda row: row["test_acc"]) if scored else None
+        row = [str(r.seed), pct(r.test_acc), pct(r.train_acc), pct(r.train_acc - r.test_acc)]
+        if has_val:
+            row.append(pct(r.val_acc) if r.val_acc is not None else "\u2013")
+        if has_tta:
+            row.append(pct(r.test_acc_tta) if r.test_acc_tta is not None else "\u2013")
+        row.append(f"{pct(best['test_acc'])} (epoch {best['epoch']})" if best else "\u2013")
+        row += [f"{r.seconds:.1f}", f"`{r.run_dir}`"]
+        rows.append(row)
+    align = "r" * (len(columns) - 1) + "l"
+    return Table(columns, rows, align=align)
+
+
+def _class_names(preds: dict[str, list[Predictions]], images: "_Images") -> list[str]:
+    from cifarlab.data import CLASSES
+
+    k = max((p.probs.shape[1] for ps in preds.values() for p in ps), default=len(CLASSES))
+    names = list(images.classes or CLASSES)
+    return names if len(names) == k else [str(i) for i in range(k)]
+
+
+def per_class_table(study: Study, preds: dict[str, list[Predictions]], classes: list[str]) -> Table | None:
+    shown = [e for e in study.experiments if preds.get(e.name)]
+    if not shown:
+        return None
+    rows = []
+    for e in shown:
+        m = confusion(preds[e.name], len(classes))
+        acc = np.diag(m) / np.maximum(m.sum(1), 1)
+        rows.append([f"**{e.name}**"] + [f"{100 * a:.1f}" for a in acc])
+    return Table(["experiment"] + list(classes), rows,
+                 caption="Final-epoch test accuracy per class (%), pooled over each experiment's seeds.")
+
+
+class _Images:
+    """Test images for the error grids, loaded once per data root; None when they cannot be found."""
+
+    def __init__(self, override: str | None) -> None:
+        self.override = override
+        self.cache: dict[Any, Any] = {}
+        self.classes: tuple[str, ...] | None = None
+
+    def get(self, root: str | None) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+        root = self.override or root
+        if root not in self.cache:
+            try:
+                from cifarlab.data import load_cifar10
+
+                ds = load_cifar10(root)
+                self.cache[root] = (ds.test_x, ds.test_y, "")
+                self.classes = ds.classes
+            except (CifarlabError, OSError, ValueError) as exc:
+                self.cache[root] = (None, None, str(exc))
+        return self.cache[root]
+
+
+def mistakes_block(exp: Experiment, study: Study, images: _Images, classes: list[str]) -> list[Block]:
+    run = exp.median_run()
+    which = "the median seed" if len(exp.runs) > 1 else "the only seed"
+    pred = load_predictions(study, run)
+    if pred is None:
+        return [Para(f"Misclassified images: unavailable (`{run.run_dir}/predictions.npz` is missing or unreadable).",
+                     "note")]
+    test_x, test_y, why = images.get(run.config.get("data", {}).get("root"))
+    if test_x is None:
+        return [Para(f"Misclassified images: unavailable, the test images could not be loaded ({why}). "
+                     "Pass `--data DIR` to point at CIFAR-10.", "note")]
+    if len(test_x) != len(pred.labels) or not np.array_equal(np.asarray(test_y), pred.labels):
+        return [Para(f"Misclassified images: unavailable, the test images found ({len(test_x):,}) do not match "
+                     f"the run's predictions ({len(pred.labels):,}).", "note")]
+    predicted = pred.predicted
+    wrong = np.flatnonzero(predicted != pred.labels)
+    if len(wrong) == 0:
+        return [Para(f"Seed {run.seed} classifies every test image correctly.", "note")]
+    conf = pred.probs[wrong, predicted[wrong]]
+    pick = wrong[np.argsort(-conf, kind="stable")[:MAX_MISTAKES]]
+    png = figures.mistakes_grid(test_x[pick], [classes[i] for i in pred.labels[pick]],
+                                [classes[i] for i in predicted[pick]], pred.probs[pick, predicted[pick]].tolist())
+    caption = (f"The {len(pick)} most confident mistakes (of {len(wrong):,}) of seed {run.seed}, {which} "
+               f"(final test accuracy {pct(run.test_acc)}%). Above each image: true class, \u2192 predicted "
+               "class and its softmax probability.")
+    return [Image(f"{slug(exp.name)}-mistakes", png, f"misclassified test images, {exp.name}", caption)]
+
+
+def layer_table_blocks(config: dict[str, Any]) -> list[Block]:
+    """The model's layer table from cifarlab.analysis, or a one-line note when it cannot be built."""
+    model_cfg = config.get("model", {})
+    try:
+        from cifarlab.analysis import format_table, layer_table
+        from cifarlab.models import create_model
+
+        model = create_model(model_cfg["name"], **model_cfg.get("options", {}))
+        text = format_table(layer_table(model, input_shape=(3, 32, 32)), "markdown")
+    except Exception as exc:  # noqa: BLE001 - a missing or failing analysis must not sink the report
+        return [Para(f"Layer table unavailable ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).",
+                     "note")]
+    return markdown_blocks(text)
+
+
+def markdown_blocks(text: str) -> list[Block]:
+    """Pipe tables become Tables, "- " lines bullet lists, other lines paragraphs (for `format_table` output)."""
+    blocks: list[Block] = []
+    lines = text.strip("\n").splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("|"):
+            group = []
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                group.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            rule = len(group) > 1 and all(re.fullmatch(r":?-{2,}:?", c) for c in group[1])
+            header, body = (group[0], group[2:]) if rule else (group[0], group[1:])
+            align = "".join("r" if rule and group[1][j].endswith(":") and not group[1][j].startswith(":")
+                            else "l" for j in range(len(header)))
+            blocks.append(Table(header, [r + [""] * (len(header) - len(r)) for r in body], align=align))
+            continue
+        if line.startswith(("- ", "* ")):
+            items = []
+            while i < len(lines) and lines[i].strip().startswith(("- ", "* ")):
+                items.append(lines[i].strip()[2:])
+                i += 1
+            blocks.append(Bullets(items))
+            continue
+        if line:
+            blocks.append(Para(line))
+        i += 1
+    return blocks
+
+
+def experiment_section(exp: Experiment, study: Study, preds: list[Predictions], images: _Images,
+                       classes: list[str], layers: dict[str, list[Block]]) -> list[Block]:
+    ref = reference(study)
+    blocks: list[Block] = [Heading(3, exp.name + _baseline_mark(exp, study), f"exp-{slug(exp.name)}")]
+    if exp.description:
+        blocks.append(Para(exp.description))
+    blocks.append(Para(f"Config: {config_summary(exp.runs[0].config)}.", "note"))
+    if exp is not ref:
+        diff = config_diff(exp, ref)
+        blocks.append(Para(f"Differs from {ref.name}: " + ("; ".join(diff) if diff else "nothing but the name")
+                           + ".", "note"))
+    blocks.append(per_seed_table(exp, study))
+    blocks.append(Image(f"{slug(exp.name)}-curves", figures.experiment_curves(exp, study.val > 0),
+                        f"training curves, {exp.name}",
+                        f"Loss and accuracy per epoch, mean over {len(exp.runs)} seed(s)"
+                        + (", shaded band = min..max over seeds." if len(exp.runs) > 1 else ".")))
+    if preds:
+        pooled = confusion(preds, len(classes))
+        title = f"{exp.name}: confusion matrix, {len(preds)} seed(s) pooled"
+        blocks.append(Image(f"{slug(exp.name)}-confusion", figures.confusion_matrix(pooled, classes, title),
+                            f"confusion matrix, {exp.name}",
+                            "Row-normalised: each row shows where the test images of one true class went (%); "
+                            "the row label gives that class's accuracy."))
+    else:
+        blocks.append(Para("Confusion matrix: unavailable (no readable predictions.npz).", "note"))
+    blocks += mistakes_block(exp, study, images, classes)
+    key = json.dumps(exp.runs[0].config.get("model", {}), sort_keys=True)
+    if key not in layers:
+        layers[key] = layer_table_blocks(exp.runs[0].config)
+    blocks.append(Details(f"Layer table of `{exp.runs[0].model}` (parameters, shapes, receptive field)",
+                          layers[key]))
+    return blocks
+
+
+def build_report(study: Study, data_root: str | None = None) -> Document:
+    """The whole report as a Document: comparison and insights first, then curves, then each experiment."""
+    images = _Images(data_root)
+    preds = {e.name: [p for p in (load_predictions(study, r) for r in e.runs) if p is not None]
+             for e in study.experiments}
+    # Class names come from the dataset when it can be loaded (first root seen), else CIFAR-10's.
+    images.get(study.runs[0].config.get("data", {}).get("root"))
+    classes = _class_names(preds, images)
+
+    blocks: list[Block] = [Heading(2, "Comparison", "comparison"), comparison_table(study)]
+    if study.missing:
+        blocks.append(Para(f"Not in the table (no finished run yet): {', '.join(study.missing)}.", "warn"))
+    diverged = sorted({f"{r.experiment} seed {r.seed}" for r in study.runs
+                       if any(row.get("diverged") for row in r.history)})
+    if diverged:
+        blocks.append(Para(f"Diverged (non-finite loss): {', '.join(diverged)}.", "warn"))
+    blocks += [Heading(2, "Insights", "insights"), Bullets(insights(study))]
+    blocks += [Heading(2, "Training curves", "curves"),
+               Image("overlay-curves", figures.overlay_curves(study.experiments), "training curves, all experiments",
+                     "All experiments: mean over seeds; test solid with a min..max band, train dashed.")]
+    table = per_class_table(study, preds, classes)
+    if table is not None:
+        blocks += [Heading(2, "Per-class accuracy", "per-class"), table]
+    blocks.append(Heading(2, "Experiments", "experiments"))
+    layers: dict[str, list[Block]] = {}
+    for exp in study.experiments:
+        blocks += experiment_section(exp, study, preds[exp.name], images, classes, layers)
+    if study.spec.strip():
+        blocks += [Heading(2, "Study spec", "spec"), Pre(study.spec)]
+    return Document(study.name, _facts(study), blocks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_report(folder: str | Path, data_root: str | None = None) -> tuple[Path, Path]:
+    """Write `folder/report.html` (self-contained) and `folder/report.md` (+ `report-files/*.png`)."""
+    folder = Path(folder)
+    doc = build_report(load_study(folder), data_root)
+    html_path, md_path, files_dir = folder / HTML_NAME, folder / MD_NAME, folder / FILES_DIR
+    markdown, files = render_markdown(doc, FILES_DIR)
+    files_dir.mkdir(exist_ok=True)
+    for stale in files_dir.glob("*.png"):  # figures of experiments no longer in the study
+        if stale.name not in files:
+            stale.unlink()
+    for name, png in files.items():
+        _write_atomic(files_dir / name, png)
+    _write_atomic(md_path, markdown.encode("utf-8"))
+    _write_atomic(html_path, render_html(doc).encode("utf-8"))
+    return html_path, md_path

@@ -1,0 +1,137 @@
+"""Reading a study folder for the report: the store's meta and runs, grouped by experiment, plus
+the per-run test-set predictions. Nothing here writes to the study folder."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarlab.errors import CifarlabError
+from cifarlab.store import STORE_NAME, RunRecord, Store, StoreError
+
+
+class ReportError(CifarlabError):
+    """The folder cannot be reported on (no store, no runs)."""
+
+
+@dataclass
+class Experiment:
+    """One experiment of a study: its runs (one per seed, ordered by seed) and its spec facts."""
+
+    name: str
+    description: str
+    runs: list[RunRecord]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    def values(self, key: str) -> list[float]:
+        """A per-run quantity: a RunRecord field, or 'gap' (train - test accuracy)."""
+        if key == "gap":
+            return [r.train_acc - r.test_acc for r in self.runs]
+        return [float(getattr(r, key)) for r in self.runs if getattr(r, key) is not None]
+
+    def median_run(self) -> RunRecord:
+        """The run with the median final test accuracy (the lower one of the middle two when n is even)."""
+        ordered = sorted(self.runs, key=lambda r: (r.test_acc, r.seed))
+        return ordered[(len(ordered) - 1) // 2]
+
+
+@dataclass
+class Study:
+    """Everything the report shows, read once from the folder."""
+
+    folder: Path
+    name: str
+    experiments: list[Experiment]
+    baseline: str | None
+    spec: str
+    budget: dict[str, Any]
+    val: int
+    recorded: dt.datetime  # last change to the store file
+    missing: list[str] = field(default_factory=list)  # experiments in the spec without a finished run
+
+    @property
+    def runs(self) -> list[RunRecord]:
+        return [r for e in self.experiments for r in e.runs]
+
+    def experiment(self, name: str) -> Experiment | None:
+        return next((e for e in self.experiments if e.name == name), None)
+
+
+def load_study(folder: str | Path) -> Study:
+    """Read `folder/store.sqlite`; ReportError when there is no store or no finished run."""
+    folder = Path(folder)
+    path = folder / STORE_NAME
+    if not folder.is_dir():
+        raise ReportError(f"'{folder}' is not a folder")
+    if not path.is_file():
+        raise ReportError(f"'{folder}' holds no study store ({STORE_NAME}); run `cifarlab study` first")
+    if path.stat().st_size == 0:
+        # Store() would initialise an empty file as a new store; a report must never write.
+        raise StoreError(f"'{path}' is empty, not a cifarlab study store (left untouched)")
+    recorded = dt.datetime.fromtimestamp(path.stat().st_mtime)
+    with Store(folder, create=False) as store:
+        meta = store.meta()
+        runs = store.runs()
+    if not runs:
+        raise ReportError(f"the study in '{folder}' has no finished runs yet")
+
+    order = list(meta.get("experiments") or [])
+    by_name: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        by_name.setdefault(run.experiment, []).append(run)
+    names = [n for n in order if n in by_name] + sorted(n for n in by_name if n not in order)
+    descriptions = meta.get("descriptions") or {}
+    experiments = [Experiment(n, str(descriptions.get(n, "")), sorted(by_name[n], key=lambda r: r.seed))
+                   for n in names]
+    baseline = meta.get("baseline")
+    return Study(
+        folder=folder,
+        name=str(meta.get("name") or folder.resolve().name),
+        experiments=experiments,
+        baseline=baseline if baseline in by_name else None,
+        spec=str(meta.get("spec") or ""),
+        budget=dict(meta.get("budget") or {}),
+        val=int(meta.get("val") or 0),
+        recorded=recorded,
+        missing=[n for n in order if n not in by_name],
+    )
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Test-set softmax outputs of one run: probs (N, 10) float32, labels (N,) int64."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+
+def load_predictions(study: Study, run: RunRecord) -> Predictions | None:
+    """`<run_dir>/predictions.npz`, or None when it is missing or unreadable."""
+    path = study.folder / run.run_dir / "predictions.npz"
+    try:
+        with np.load(path) as z:
+            probs = np.asarray(z["probs"], dtype=np.float32)
+            labels = np.asarray(z["labels"], dtype=np.int64)
+    except (OSError, KeyError, ValueError):
+        return None
+    if probs.ndim != 2 or labels.shape != (probs.shape[0],):
+        return None
+    return Predictions(probs, labels)
+
+
+def confusion(preds: list[Predictions], classes: int) -> np.ndarray:
+    """Confusion counts (true class rows, predicted class columns), summed over runs."""
+    out = np.zeros((classes, classes), dtype=np.int64)
+    for p in preds:
+        np.add.at(out, (p.labels, p.predicted), 1)
+    return out
