@@ -12,7 +12,7 @@ from cifarlab.config import RunConfig, to_dict, validate
 from cifarlab.data import DataSplits, load_cifar10, make_splits
 from cifarlab.models import check_budget, count_params, create_model
 from cifarlab.rundir import RunDir, code_version, save_checkpoint, write_history, write_json
-from cifarlab.train import History, predict, resolve_device, seed_everything, train
+from cifarlab.train import History, log_line, predict, resolve_device, seed_everything, train
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
@@ -40,7 +40,7 @@ def save_predictions(path: Path, model: nn.Module, data: DataSplits, tta: bool) 
 
 
 def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None = None, overwrite: bool = False,
-                   log: Callable[[str], None] | None = print) -> History:
+                   log: Callable[[str], None] | None = log_line) -> History:
     """Train one run and write `out/{config.json, history.csv, history.json, model.pt, predictions.npz}`.
 
     Every check (config, model, budget, data) runs before the output folder is created.

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from cifarlab.config import RunConfig, from_dict, merge, to_dict, validate
 from cifarlab.errors import CifarlabError, ConfigError
 from cifarlab.store import RunRecord, Store
+from cifarlab.train import log_line
 
 _TOP_KEYS = {"name", "description", "seeds", "budget", "data", "model", "train", "experiments"}
 _EXPERIMENT_KEYS = {"name", "description", "baseline", "data", "model", "train"}
@@ -185,7 +186,7 @@ def _assign_devices(cfg: RunConfig, index: int) -> RunConfig:
 
 
 def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None = None, jobs: int = 1,
-              log: Callable[[str], None] = print) -> Path:
+              log: Callable[[str], None] = log_line) -> Path:
     """Run every (experiment, seed) not yet in the store; return the study folder."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")

@@ -25,6 +25,11 @@ from cifarlab.errors import ConfigError
 from cifarlab.optim import create_optimizer, create_schedule, penalty, penalty_terms
 
 
+def log_line(line: str) -> None:
+    """Default logger: print and flush, so `| tee` and log files see each epoch as it ends."""
+    print(line, flush=True)
+
+
 @dataclass
 class History:
     """Per-epoch metrics plus run-level facts (device, parameter count, timings)."""
@@ -132,7 +137,7 @@ def _progress(total: int, desc: str):
 
 
 def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
-          log: Callable[[str], None] | None = print,
+          log: Callable[[str], None] | None = log_line,
           on_epoch: Callable[[dict], None] | None = None) -> History:
     """Train `model` on `data` as `cfg` says; return the per-epoch history.
 
@@ -217,6 +222,12 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         if log is not None:
             elapsed = time.perf_counter() - run_start
             log(_epoch_line(row, cfg.epochs, elapsed / epoch * (cfg.epochs - epoch)))
+        if row.get("diverged"):
+            # NaN/inf loss never recovers: stop instead of spending the remaining epochs.
+            history.meta["diverged_at_epoch"] = epoch
+            if log is not None:
+                log(f"stopping: the loss is not finite at epoch {epoch} (learning rate too high?)")
+            break
     if ema is not None:
         model.load_state_dict(ema.model.state_dict())
     train_seconds = time.perf_counter() - run_start

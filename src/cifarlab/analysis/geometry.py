@@ -100,7 +100,8 @@ def merge(branches: list[Geom], n_out: Pair) -> Geom:
                                 "so the receptive field is not the same for every unit")
     jumps = {g.j for g in branches}
     if len(jumps) > 1:
-        raise GeometryError(f"the merged branches have different jumps ({', '.join(fmt_pair(j) for j in sorted(jumps))})")
+        listed = ", ".join(fmt_pair(j) for j in sorted(jumps))
+        raise GeometryError(f"the merged branches have different jumps ({listed})")
     # Each unit sees the union of its branches' fields. With centred branches (the usual case) this is the
     # largest branch field; off-centre branches (e.g. uneven padding) widen it further.
     r, start = [], []

@@ -229,7 +229,9 @@ def reduce(op: Op) -> Step:
     a = op.bind(_reduce_sig)
     nd, g = a["input"].dim(), op.first
     dims = a["dim"]
-    dims = set(range(nd)) if dims is None or dims == () else {d % nd for d in ((dims,) if isinstance(dims, int) else dims)}
+    if isinstance(dims, int):
+        dims = (dims,)
+    dims = set(range(nd)) if dims is None or dims == () else {d % nd for d in dims}
     if not isinstance(g, Geom):
         return Step(g, row=g is not None)
     spatial = dims & {nd - 2, nd - 1}
@@ -244,7 +246,7 @@ def reduce(op: Op) -> Step:
     return Step(g if op.out.dim() == 4 else FLAT, row=True)
 
 
-def _split_sig(input, size, dim=0): ...
+def _split_sig(input, size=None, dim=0, **kwargs): ...
 
 
 def split(op: Op) -> Step:
@@ -259,7 +261,8 @@ def getitem(op: Op) -> Step:
     """x[:, :16] (channel slices) or one piece of a chunk/split."""
     container = op.args[0]
     if isinstance(container, torch.Tensor) and isinstance(op.first, Geom):
-        if not (op.out.dim() == 4 and op.out.shape[-2:] == container.shape[-2:] and op.out.shape[0] == container.shape[0]):
+        out, x = op.out, container
+        if not (out.dim() == 4 and out.shape[-2:] == x.shape[-2:] and out.shape[0] == x.shape[0]):
             raise GeometryError("indexes into the spatial or batch axes")
     return Step(op.first)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from cifarlab import __version__
@@ -22,7 +23,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cifarlab", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="cifarlab", description="Run, compare and understand small CNN experiments on "
+                     "CIFAR-10 under tight budgets. `cifarlab COMMAND -h` for a command's flags.")
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
@@ -46,3 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cifarlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `cifarlab inspect ... | head`: the reader left; not an error worth a traceback.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -8,6 +8,15 @@ from typing import Any
 from cifarlab.config import AUGMENTS, COMPILE_CHOICES, DataConfig, ModelConfig, OptimConfig, RegConfig, RunConfig, TrainConfig
 from cifarlab.errors import ConfigError
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' only where there is a default worth showing."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or not action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
 # Model options with their own flags; any other option goes through --model-opt KEY=VALUE.
 MODEL_FLAGS = {"norm": str, "groups": int, "dropout": float}
 
@@ -93,7 +102,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     x.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
     x.add_argument("--compile", default="auto", choices=COMPILE_CHOICES, help="auto = on with CUDA, off on CPU")
     x.add_argument("--tta", action="store_true", help="also report flip test-time-augmented accuracy")
-    x.add_argument("--max-params", type=int, metavar="N", help="refuse a model with more trainable parameters")
+    x.add_argument("--max-params", type=positive_int, metavar="N", help="refuse a model with more trainable parameters")
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:

@@ -5,18 +5,19 @@ import argparse
 import time
 from pathlib import Path
 
-from cifarlab.cli.common import add_data_args, add_model_args, add_train_args, run_config
+from cifarlab.cli.common import HelpFormatter, add_data_args, add_model_args, add_train_args, run_config
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train one model and write a run folder",
                        description="Train one model; writes OUT/{config.json, history.csv, history.json, "
-                                   "model.pt, predictions.npz}.")
+                                   "model.pt, predictions.npz}.",
+                       formatter_class=HelpFormatter)
     add_model_args(p)
     add_data_args(p)
     add_train_args(p)
     out = p.add_argument_group("output")
-    out.add_argument("--out", metavar="DIR", help="run folder (default runs/<model>-<time>)")
+    out.add_argument("--out", metavar="DIR", help="run folder; default runs/<model>-<date>-<time>")
     out.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=run)
 

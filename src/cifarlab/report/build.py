@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -15,106 +14,15 @@ from cifarlab.report import figures
 from cifarlab.report.doc import (Block, Bullets, Details, Document, Heading, Image, Para, Pre, Table,
                                  render_html, render_markdown)
 from cifarlab.report.insights import insights, reference
+from cifarlab.report.layers import layer_table_blocks
 from cifarlab.report.stats import summarize
 from cifarlab.report.study import Experiment, Predictions, Study, confusion, load_predictions, load_study
+from cifarlab.report.text import (config_diff, config_summary, duration, int_range, interval, mean_std, pct,
+                                  unique_slugs)
 
 HTML_NAME, MD_NAME, FILES_DIR = "report.html", "report.md", "report-files"
 MAX_MISTAKES = 24
 BEST_EPOCH_LABEL = "best test epoch (optimistic, for reference only)"
-# Config keys that differ between runs of one experiment or carry no meaning for a comparison.
-_IGNORED_KEYS = ("train.seed", "data.root", "data.download", "train.device", "version")
-
-
-# ---------------------------------------------------------------------------------------------
-# Formatting
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.2f}"
-
-
-def mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    """'72.31 ± 0.45' (or just the mean for one value); '–' for none."""
-    s = summarize(values)
-    if s.n == 0:
-        return "\u2013"
-    text = f"{scale * s.mean:.{digits}f}"
-    return f"{text} \u00b1 {scale * s.std:.{digits}f}" if s.has_spread else text
-
-
-def interval(values: list[float], scale: float = 100.0) -> str:
-    s = summarize(values)
-    return f"[{scale * s.lo:.2f}, {scale * s.hi:.2f}]" if s.has_spread else "\u2013"
-
-
-def int_range(values: list[float]) -> str:
-    lo, hi = int(min(values)), int(max(values))
-    return f"{lo:,}" if lo == hi else f"{lo:,}\u2013{hi:,}"
-
-
-def duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, s = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {s:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-").lower() or "x"
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; model options become one entry each, so a diff names the option."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _with_model_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """The config with every model option filled in from the model's defaults (when the model is known)."""
-    model = config.get("model", {})
-    try:
-        from cifarlab.models import model_options
-
-        defaults = model_options(model.get("name", ""))
-    except CifarlabError:
-        return config
-    return {**config, "model": {**model, "options": {**defaults, **model.get("options", {})}}}
-
-
-def config_diff(exp: Experiment, ref: Experiment) -> list[str]:
-    """'`model.options.width` 32 → 48' for every config value that differs from the reference."""
-    a = flatten(_with_model_defaults(exp.runs[0].config))
-    b = flatten(_with_model_defaults(ref.runs[0].config))
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if key.startswith(_IGNORED_KEYS) or a.get(key) == b.get(key):
-            continue
-        out.append(f"`{key}` {json.dumps(b.get(key))} \u2192 {json.dumps(a.get(key))}")
-    return out
-
-
-def config_summary(config: dict[str, Any]) -> str:
-    """One line: model and options, optimiser, schedule, augmentation, epochs, batch size."""
-    model, train = config.get("model", {}), config.get("train", {})
-    optim = train.get("optim", {})
-    opts = ", ".join(f"{k}={v}" for k, v in model.get("options", {}).items())
-    parts = [f"`{model.get('name', '?')}`" + (f" ({opts})" if opts else ""),
-             f"{optim.get('name', '?')} lr {optim.get('lr', '?')}, schedule {optim.get('schedule', '?')}",
-             f"augment {train.get('augment', '?')}", f"{train.get('epochs', '?')} epochs",
-             f"batch {train.get('batch_size', '?')}"]
-    if optim.get("weight_decay"):
-        parts.append(f"weight decay {optim['weight_decay']}")
-    if train.get("ema"):
-        parts.append(f"EMA {train['ema']}")
-    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,9 +59,9 @@ def comparison_table(study: Study) -> Table:
     ref_mean = summarize(ref.values("test_acc")).mean
     has_val = study.val > 0 and any(r.val_acc is not None for r in study.runs)
     has_tta = any(r.test_acc_tta is not None for r in study.runs)
-    columns = ["experiment", "n", "test acc %", "95% CI", "\u0394 test", "train acc %", "gap (pts)"]
-    columns += ["val acc %"] * has_val + ["test acc % (flip TTA)"] * has_tta
-    columns += ["params", "epochs", "s / run", "what changes"]
+    columns = ["experiment", "n", "test acc %", "95% CI", "\u0394 test (pts)", "train acc %", "gap (pts)"]
+    columns += ["val acc %"] * has_val + ["flip TTA %"] * has_tta
+    columns += ["params", "epochs", "s / run"]
     rows = []
     for exp in study.experiments:
         test = exp.values("test_acc")
@@ -166,16 +74,18 @@ def comparison_table(study: Study) -> Table:
         if has_tta:
             row.append(mean_std(exp.values("test_acc_tta")))
         row += [int_range(exp.values("params")), int_range(exp.values("epochs")),
-                mean_std(exp.values("seconds"), scale=1.0, digits=1), exp.description]
+                mean_std(exp.values("seconds"), scale=1.0, digits=1)]
         rows.append(row)
-    align = "lrrrrrr" + "r" * (has_val + has_tta) + "rrrw"
+    align = "lrrrrrr" + "r" * (has_val + has_tta) + "rrr"
     caption = ("Final-epoch accuracy, mean \u00b1 std over n seeds (sample std); 95% CI: t-interval of the mean. "
                f"\u0394 test: points against {ref.name}. Gap = train \u2212 test accuracy in points (train accuracy "
                "is measured on the augmented training batches during the last epoch). s / run: training "
                "wall-clock, warm-up excluded. No epoch or checkpoint is selected on the test set.")
     if has_val:
         caption += f" Val: {study.val:,} held-out training images, final epoch."
-    return Table(columns, rows, align=align, caption=caption)
+    if has_tta:
+        caption += " Flip TTA: test accuracy averaging the predictions of each image and its mirror image."
+    return Table(columns, rows, align=align, caption=caption, row_notes=[e.description for e in study.experiments])
 
 
 def per_seed_table(exp: Experiment, study: Study) -> Table:
@@ -242,7 +152,7 @@ class _Images:
         return self.cache[root]
 
 
-def mistakes_block(exp: Experiment, study: Study, images: _Images, classes: list[str]) -> list[Block]:
+def mistakes_block(exp: Experiment, tag: str, study: Study, images: _Images, classes: list[str]) -> list[Block]:
     run = exp.median_run()
     which = "the median seed" if len(exp.runs) > 1 else "the only seed"
     pred = load_predictions(study, run)
@@ -267,59 +177,14 @@ def mistakes_block(exp: Experiment, study: Study, images: _Images, classes: list
     caption = (f"The {len(pick)} most confident mistakes (of {len(wrong):,}) of seed {run.seed}, {which} "
                f"(final test accuracy {pct(run.test_acc)}%). Above each image: true class, \u2192 predicted "
                "class and its softmax probability.")
-    return [Image(f"{slug(exp.name)}-mistakes", png, f"misclassified test images, {exp.name}", caption)]
+    return [Image(f"{tag}-mistakes", png, f"misclassified test images, {exp.name}", caption)]
 
 
-def layer_table_blocks(config: dict[str, Any]) -> list[Block]:
-    """The model's layer table from cifarlab.analysis, or a one-line note when it cannot be built."""
-    model_cfg = config.get("model", {})
-    try:
-        from cifarlab.analysis import format_table, layer_table
-        from cifarlab.models import create_model
-
-        model = create_model(model_cfg["name"], **model_cfg.get("options", {}))
-        text = format_table(layer_table(model, input_shape=(3, 32, 32)), "markdown")
-    except Exception as exc:  # noqa: BLE001 - a missing or failing analysis must not sink the report
-        return [Para(f"Layer table unavailable ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).",
-                     "note")]
-    return markdown_blocks(text)
-
-
-def markdown_blocks(text: str) -> list[Block]:
-    """Pipe tables become Tables, "- " lines bullet lists, other lines paragraphs (for `format_table` output)."""
-    blocks: list[Block] = []
-    lines = text.strip("\n").splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i].strip()
-        if line.startswith("|"):
-            group = []
-            while i < len(lines) and lines[i].strip().startswith("|"):
-                group.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
-                i += 1
-            rule = len(group) > 1 and all(re.fullmatch(r":?-{2,}:?", c) for c in group[1])
-            header, body = (group[0], group[2:]) if rule else (group[0], group[1:])
-            align = "".join("r" if rule and group[1][j].endswith(":") and not group[1][j].startswith(":")
-                            else "l" for j in range(len(header)))
-            blocks.append(Table(header, [r + [""] * (len(header) - len(r)) for r in body], align=align))
-            continue
-        if line.startswith(("- ", "* ")):
-            items = []
-            while i < len(lines) and lines[i].strip().startswith(("- ", "* ")):
-                items.append(lines[i].strip()[2:])
-                i += 1
-            blocks.append(Bullets(items))
-            continue
-        if line:
-            blocks.append(Para(line))
-        i += 1
-    return blocks
-
-
-def experiment_section(exp: Experiment, study: Study, preds: list[Predictions], images: _Images,
+def experiment_section(exp: Experiment, tag: str, study: Study, preds: list[Predictions], images: _Images,
                        classes: list[str], layers: dict[str, list[Block]]) -> list[Block]:
+    """Description, config, per-seed table, curves, confusion matrix, mistakes and layer table of one experiment."""
     ref = reference(study)
-    blocks: list[Block] = [Heading(3, exp.name + _baseline_mark(exp, study), f"exp-{slug(exp.name)}")]
+    blocks: list[Block] = [Heading(3, exp.name + _baseline_mark(exp, study), f"exp-{tag}")]
     if exp.description:
         blocks.append(Para(exp.description))
     blocks.append(Para(f"Config: {config_summary(exp.runs[0].config)}.", "note"))
@@ -328,20 +193,20 @@ def experiment_section(exp: Experiment, study: Study, preds: list[Predictions], 
         blocks.append(Para(f"Differs from {ref.name}: " + ("; ".join(diff) if diff else "nothing but the name")
                            + ".", "note"))
     blocks.append(per_seed_table(exp, study))
-    blocks.append(Image(f"{slug(exp.name)}-curves", figures.experiment_curves(exp, study.val > 0),
+    blocks.append(Image(f"{tag}-curves", figures.experiment_curves(exp, study.val > 0),
                         f"training curves, {exp.name}",
                         f"Loss and accuracy per epoch, mean over {len(exp.runs)} seed(s)"
                         + (", shaded band = min..max over seeds." if len(exp.runs) > 1 else ".")))
     if preds:
         pooled = confusion(preds, len(classes))
         title = f"{exp.name}: confusion matrix, {len(preds)} seed(s) pooled"
-        blocks.append(Image(f"{slug(exp.name)}-confusion", figures.confusion_matrix(pooled, classes, title),
+        blocks.append(Image(f"{tag}-confusion", figures.confusion_matrix(pooled, classes, title),
                             f"confusion matrix, {exp.name}",
                             "Row-normalised: each row shows where the test images of one true class went (%); "
                             "the row label gives that class's accuracy."))
     else:
         blocks.append(Para("Confusion matrix: unavailable (no readable predictions.npz).", "note"))
-    blocks += mistakes_block(exp, study, images, classes)
+    blocks += mistakes_block(exp, tag, study, images, classes)
     key = json.dumps(exp.runs[0].config.get("model", {}), sort_keys=True)
     if key not in layers:
         layers[key] = layer_table_blocks(exp.runs[0].config)
@@ -374,9 +239,10 @@ def build_report(study: Study, data_root: str | None = None) -> Document:
     if table is not None:
         blocks += [Heading(2, "Per-class accuracy", "per-class"), table]
     blocks.append(Heading(2, "Experiments", "experiments"))
-    layers: dict[str, list[Block]] = {}
+    layers: dict[str, list[Block]] = {}  # model config (JSON) -> its layer table, built once per model
+    tags = unique_slugs([e.name for e in study.experiments], reserved=("overlay",))
     for exp in study.experiments:
-        blocks += experiment_section(exp, study, preds[exp.name], images, classes, layers)
+        blocks += experiment_section(exp, tags[exp.name], study, preds[exp.name], images, classes, layers)
     if study.spec.strip():
         blocks += [Heading(2, "Study spec", "spec"), Pre(study.spec)]
     return Document(study.name, _facts(study), blocks)

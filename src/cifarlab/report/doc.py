@@ -35,6 +35,7 @@ class Table:
     rows: list[list[str]]
     align: str = ""  # one letter per column: l (text), r (numbers), w (wrapping text); default: first l, rest r
     caption: str = ""
+    row_notes: list[str] = field(default_factory=list)  # small text under each row's first cell
 
     def alignment(self) -> str:
         return self.align or "l" + "r" * (len(self.columns) - 1)
@@ -114,6 +115,7 @@ tbody tr:hover td { background: #eef3fb; }
 td.r, th.r { text-align: right; }
 td.l, th.l, td.w, th.w { text-align: left; }
 td.w { white-space: normal; min-width: 140px; color: var(--muted); }
+td .sub { font-size: 12px; color: var(--muted); white-space: normal; max-width: 260px; font-weight: 400; }
 figure { margin: 14px 0 18px; }
 figure img { max-width: 100%; height: auto; display: block; border: 1px solid var(--line); border-radius: 4px; }
 figcaption { color: var(--muted); font-size: 12.5px; margin-top: 4px; }
@@ -147,6 +149,13 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _html_row(row: list[str], align: str, note: str) -> str:
+    cells = [f'<td class="{a}">{inline_html(v)}</td>' for v, a in zip(row, align)]
+    if note:  # small text under the first cell
+        cells[0] = cells[0].replace("</td>", f'<div class="sub">{inline_html(note)}</div></td>')
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
 def _html_block(block: Block) -> str:
     if isinstance(block, Heading):
         anchor = f' id="{html.escape(block.anchor)}"' if block.anchor else ""
@@ -160,11 +169,11 @@ def _html_block(block: Block) -> str:
     if isinstance(block, Table):
         align = block.alignment()
         head = "".join(f'<th class="{a}">{inline_html(c)}</th>' for c, a in zip(block.columns, align))
-        body = "".join("<tr>" + "".join(f'<td class="{a}">{inline_html(v)}</td>' for v, a in zip(row, align))
-                       + "</tr>" for row in block.rows)
+        body = "".join(_html_row(row, align, note)
+                       for row, note in zip(block.rows, block.row_notes or [""] * len(block.rows)))
         caption = f'<p class="note">{inline_html(block.caption)}</p>' if block.caption else ""
-        return (f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
-                + caption)
+        table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return f'<div class="table-wrap">{table}</div>{caption}'
     if isinstance(block, Image):
         caption = f"<figcaption>{inline_html(block.caption)}</figcaption>" if block.caption else ""
         return (f'<figure><img src="{data_uri(block.png)}" alt="{html.escape(block.alt)}">{caption}</figure>')
@@ -192,11 +201,15 @@ def render_html(doc: Document) -> str:
 <style>{CSS}</style>
 </head>
 <body>
-<header><div class="wrap"><h1>{html.escape(doc.title)}<small>cifarlab study report</small></h1><dl class="facts">{facts}</dl></div></header>
+<header><div class="wrap">
+<h1>{html.escape(doc.title)}<small>cifarlab study report</small></h1>
+<dl class="facts">{facts}</dl>
+</div></header>
 <nav><div class="wrap">{toc}</div></nav>
 <main>
 {body}
-<footer>Written by <code>cifarlab report</code>. Accuracies are final-epoch values; mean &plusmn; std over seeds.</footer>
+<footer>Written by <code>cifarlab report</code>.
+Accuracies are final-epoch values; mean &plusmn; std over seeds.</footer>
 </main>
 </body>
 </html>
@@ -216,14 +229,16 @@ def _md_block(block: Block, files: dict[str, bytes], folder: str) -> str:
         anchor = f'<a id="{block.anchor}"></a>\n' if block.anchor else ""
         return f"{anchor}{'#' * block.level} {block.text}"
     if isinstance(block, Para):
-        return f"> {block.text}" if block.kind == "warn" else (f"*{block.text}*" if block.kind == "note" else block.text)
+        return {"warn": f"> {block.text}", "note": f"*{block.text}*"}.get(block.kind, block.text)
     if isinstance(block, Bullets):
         return "\n".join(f"- {i}" for i in block.items)
     if isinstance(block, Table):
         align = block.alignment()
         lines = ["| " + " | ".join(_md_cell(c) for c in block.columns) + " |",
                  "|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|"]
-        lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in block.rows]
+        notes = block.row_notes or [""] * len(block.rows)
+        lines += ["| " + " | ".join(_md_cell(v + (f" \u2013 {note}" if j == 0 and note else ""))
+                                    for j, v in enumerate(row)) + " |" for row, note in zip(block.rows, notes)]
         if block.caption:
             lines += ["", f"*{block.caption}*"]
         return "\n".join(lines)
@@ -244,6 +259,6 @@ def _md_block(block: Block, files: dict[str, bytes], folder: str) -> str:
 def render_markdown(doc: Document, folder: str) -> tuple[str, dict[str, bytes]]:
     """Markdown text and the PNG files it links to (names relative to `folder`)."""
     files: dict[str, bytes] = {}
-    head = [f"# {doc.title}", "", " · ".join(f"**{k}:** {v}" for k, v in doc.facts)]
+    head = [f"# {doc.title}", " \u00b7 ".join(f"**{k}:** {v}" for k, v in doc.facts)]
     body = [_md_block(b, files, folder) for b in doc.blocks]
     return "\n\n".join(head + body) + "\n", files

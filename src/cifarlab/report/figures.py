@@ -81,7 +81,7 @@ def experiment_curves(exp: Experiment, show_val: bool) -> bytes:
         ax_acc.set_title("accuracy (%)")
         for ax in (ax_loss, ax_acc):
             _epoch_axis(ax)
-            ax.legend(frameon=False)
+            ax.legend(frameon=False, loc="best")
         n = len(exp.runs)
         fig.suptitle(f"{exp.name}: mean over {n} seed{'s' if n != 1 else ''}"
                      + (", band = min..max" if n > 1 else ""), fontsize=10.5, x=0.01, ha="left")
@@ -136,6 +136,7 @@ def mistakes_grid(images: np.ndarray, true: Sequence[str], pred: Sequence[str], 
     The images are tiled into one canvas drawn on a single axes: 24 separate axes take seconds to lay out.
     """
     n = len(images)
+    cols = max(1, min(cols, n))
     rows = max(1, -(-n // cols))
     size, pad, label = 32 * scale, 14, 34  # pixels: image side, gap between cells, label band above
     cell_w, cell_h = size + pad, size + label + pad // 2
