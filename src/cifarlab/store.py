@@ -70,18 +70,27 @@ class Store:
         self.path = Path(folder) / STORE_NAME
         if not self.path.exists() and not create:
             raise StoreError(f"no study store at '{self.path}' (run `cifarlab study` first)")
+        # Readers open read-only, so nothing (not even a schema) is ever written into a file
+        # that turns out not to be a store.
+        uri = f"{self.path.resolve().as_uri()}?mode={'rwc' if create else 'ro'}"
+        self.db = sqlite3.connect(uri, uri=True, timeout=30)
         try:
-            self.db = sqlite3.connect(self.path, timeout=30)
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if tables and (version != SCHEMA_VERSION or not {"meta", "runs"} <= tables):
                 raise StoreError(f"'{self.path}' is not a cifarlab study store (left untouched)")
-            if not tables:
+            if not tables and create:
                 with self.db:
                     self.db.executescript(_SCHEMA)
                     self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if not tables and not create:
+                raise StoreError(f"'{self.path}' is an empty file, not a cifarlab study store (left untouched)")
         except sqlite3.DatabaseError as exc:
+            self.db.close()
             raise StoreError(f"'{self.path}' is corrupt ({exc}); it was left untouched") from None
+        except StoreError:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
