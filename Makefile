@@ -44,6 +44,7 @@ browser:
 
 # With a GPU: the normalisation study (3 norms x 5 seeds). Without: the one-minute smoke study.
 demo: install data
+	$(BIN)/cifarlab data --download
 	@if $(BIN)/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
 		spec=studies/normalization.toml; else spec=studies/smoke.toml; fi; \
 	$(BIN)/cifarlab study $$spec --out runs/demo-$$(basename $$spec .toml) --report && \

@@ -14,7 +14,7 @@ import sys
 from cifarlab import __version__
 from cifarlab.errors import CifarlabError
 
-COMMANDS = ("train", "models", "inspect", "study", "report")
+COMMANDS = ("train", "models", "inspect", "study", "report", "data")
 
 
 class _Parser(argparse.ArgumentParser):

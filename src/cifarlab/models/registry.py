@@ -54,8 +54,10 @@ def create_model(name: str, **options: Any) -> nn.Module:
             raise ConfigError(f"model '{name}' has no option '{key}' (options: {', '.join(accepted)})")
         default = accepted[key]
         # Options come from the CLI and TOML: catch `dropout = "high"` here, not deep in a layer.
-        if default is not None and not isinstance(value, type(default)):
-            if not (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
+        # bool is a subclass of int: `width=true` must not pass as an int option.
+        wrong_bool = isinstance(value, bool) and not isinstance(default, bool)
+        if default is not None and (wrong_bool or not isinstance(value, type(default))):
+            if wrong_bool or not (isinstance(default, float) and isinstance(value, int)):
                 raise ConfigError(f"model '{name}' option '{key}' expects {type(default).__name__}, got {value!r}")
     return fn(**options)
 
