@@ -25,6 +25,17 @@ def _quiet_and_isolated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CIFARLAB_DATA", raising=False)
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread: tiny tensors on two shared cores run faster than with two threads fighting."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------
 # Tiny image folders
 

@@ -12,6 +12,8 @@ from cifarlab.errors import BudgetError, ConfigError
 from cifarlab.layers import NORMS, act_layer, norm_layer
 from cifarlab.models import check_budget, count_params, create_model, list_models, model_options
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 # Norms each model supports; the budget models need a norm to train, the Keras baseline starts without.
 MODEL_NORMS = {
     "keras-cnn": ("none", "bn", "gn", "ln"),

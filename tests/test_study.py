@@ -107,6 +107,8 @@ train = { optim = { lr = 0.1 } }
     ("model = { options = { depth = 3 } }", "", "has no option 'depth'"),
     ("model = { options = { width = 64 } }", "", "over the budget of 50,000"),
     ("", "seeds = 0", "seeds: must be >= 1"),
+    ("train = { optim = { schedule = \"cosine\" } }", "", "unknown schedule 'cosine'"),
+    ("train = { optim = { name = \"lion\" } }", "", "unknown optimizer 'lion'"),
 ])
 def test_spec_errors_name_file_and_key_before_training(tmp_path, tiny_data, capsys, body, extra_top, needle):
     spec_path = write_spec(tmp_path / "bad.toml", tiny_data, body, extra_top=extra_top)

@@ -89,7 +89,8 @@ def find_root(root: str | os.PathLike | None = None) -> Path | None:
     if root is not None:
         path = Path(root)
         if not path.is_dir():
-            raise DataError(f"data directory '{path}' does not exist")
+            what = "is a file, not a folder" if path.exists() else "does not exist"
+            raise DataError(f"data directory '{path}' {what}")
         return path
     env = os.environ.get("CIFARLAB_DATA")
     if env:

@@ -11,6 +11,7 @@ from torch import nn
 from cifarlab.config import RunConfig, to_dict, validate
 from cifarlab.data import DataSplits, load_cifar10, make_splits
 from cifarlab.models import check_budget, count_params, create_model
+from cifarlab.optim import check_optim
 from cifarlab.rundir import RunDir, code_version, save_checkpoint, write_history, write_json
 from cifarlab.train import History, log_line, predict, resolve_device, seed_everything, train
 
@@ -46,6 +47,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     Every check (config, model, budget, data) runs before the output folder is created.
     """
     validate(cfg)
+    check_optim(cfg.train.optim)
     resolve_device(cfg.train.device)
     model = build_model(cfg)
     if data is None:

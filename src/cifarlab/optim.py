@@ -22,6 +22,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def check_optim(o: OptimConfig) -> None:
+    """Raise ConfigError for an unknown optimizer or schedule, or Nesterov without momentum."""
+    if o.name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer '{o.name}' (choose from {', '.join(OPTIMIZERS)})")
+    if o.schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule '{o.schedule}' (choose from {', '.join(SCHEDULES)})")
+    if o.nesterov and o.momentum <= 0:
+        raise ConfigError("nesterov needs momentum > 0")
+
+
 def _fast(device: torch.device) -> dict:
     # One fused kernel for the whole update on CUDA; multi-tensor (foreach) ops on CPU.
     return {"fused": True} if device.type == "cuda" else {"foreach": True}

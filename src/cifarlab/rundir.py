@@ -27,7 +27,8 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "t
 
 def code_version() -> dict[str, str]:
     """cifarlab's version and, when run from a git checkout, the commit."""
-    out = {"cifarlab": __version__, "torch": torch.__version__}
+    # str(): torch.__version__ is a TorchVersion, which torch.load(weights_only=True) refuses to unpickle.
+    out = {"cifarlab": __version__, "torch": str(torch.__version__)}
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
                                 capture_output=True, text=True, timeout=5)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from cifarlab.config import RunConfig, from_dict, merge, to_dict, validate
 from cifarlab.errors import CifarlabError, ConfigError
+from cifarlab.optim import check_optim
 from cifarlab.store import RunRecord, Store
 from cifarlab.train import log_line
 
@@ -114,6 +115,7 @@ def load_spec(path: str | Path) -> StudySpec:
         try:
             cfg = from_dict(RunConfig, {**merged, "max_params": max_params}, where)
             validate(cfg)
+            check_optim(cfg.train.optim)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         if max_epochs is not None and cfg.train.epochs > max_epochs:
