@@ -25,13 +25,14 @@ def summarise(folder: str) -> None:
     # With a validation split the study is for choosing settings: keep the test set out of sight.
     hide_test = any(r.val_acc is not None for r in runs)
     print(f"\n## {meta.get('name', folder)} ({folder})")
-    print(f"{'experiment':<24} {'n':>2} {'val %':>12} {'test %':>12} {'tta %':>12} {'train %':>12} {'s/run':>7} {'warm s':>7}")
+    print(f"{'experiment':<24} {'n':>2} {'val %':>12} {'test %':>12} {'tta %':>12} {'tta6 %':>12} {'train %':>12} {'s/run':>7} {'warm s':>7}")
     for name in order:
         rs = [r for r in runs if r.experiment == name]
         if not rs:
             continue
         print(f"{name:<24} {len(rs):>2} {_ms([r.val_acc for r in rs]):>12} {'hidden' if hide_test else _ms([r.test_acc for r in rs]):>12} "
-              f"{'hidden' if hide_test else _ms([r.test_acc_tta for r in rs]):>12} {_ms([r.train_acc for r in rs]):>12} "
+              f"{'hidden' if hide_test else _ms([r.test_acc_tta for r in rs]):>12} "
+              f"{'hidden' if hide_test else _ms([r.test_acc_tta6 for r in rs]):>12} {_ms([r.train_acc for r in rs]):>12} "
               f"{statistics.mean(r.seconds for r in rs):>7.1f} {statistics.mean(r.warmup_seconds for r in rs):>7.1f}")
 
 

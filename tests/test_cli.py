@@ -174,6 +174,8 @@ def test_train_writes_a_complete_run_and_never_overwrites_it_by_accident(cli, ti
     assert_one_line_error(again, "already exists", "--overwrite")
     assert {name: (out / name).read_bytes() for name in RUN_FILES} == before
     assert [p.name for p in out.parent.iterdir()] == ["first"]
+    # ...and before the data is looked at (a first data load can take a minute).
+    assert_one_line_error(train(cli, tmp_path / "no-data-here", out), "already exists")
 
     # --overwrite replaces it with the new run.
     replaced = train(cli, tiny_folder.root, out, "--seed", "1", "--overwrite")

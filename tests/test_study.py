@@ -258,3 +258,21 @@ model = { options = { norm = "gn" } }
     run_study(spec, out=out, jobs=2, log=lambda s: None)
     with Store(out) as store:
         assert sorted(r.experiment for r in store.runs()) == ["bn", "gn"]
+
+
+def test_pool_workers_keep_one_gpu_each_and_leave_explicit_devices_alone(monkeypatch):
+    import queue
+
+    from cifarlab import study
+    from cifarlab.config import RunConfig, TrainConfig
+
+    devices = queue.Queue()
+    for name in ("cuda:1", "cuda:0"):
+        devices.put(name)
+    monkeypatch.setattr(study, "_WORKER_DEVICE", None)
+    assert study._on_worker_device(RunConfig()).train.device == "auto"  # in-process runs: untouched
+    study._init_worker(devices)  # what a fresh pool worker does once
+    assert study._on_worker_device(RunConfig()).train.device == "cuda:1"
+    assert study._on_worker_device(RunConfig()).train.device == "cuda:1"  # every task of that worker
+    pinned = RunConfig(train=TrainConfig(device="cpu"))
+    assert study._on_worker_device(pinned).train.device == "cpu"

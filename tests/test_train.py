@@ -15,7 +15,7 @@ from cifarlab.data import CLASSES, load_cifar10, make_splits
 from cifarlab.experiment import run_experiment
 from cifarlab.models import create_model
 from cifarlab.optim import SCHEDULES, create_optimizer, create_schedule, param_groups, penalty, penalty_terms
-from cifarlab.train import seed_everything, train
+from cifarlab.train import TTA_VIEWS, _translate, predict, seed_everything, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -339,9 +339,34 @@ def test_ema_runs_and_leaves_the_averaged_weights_in_the_model(tiny_splits):
     assert all(torch.isfinite(p).all() for p in ema_model.parameters())
 
 
-def test_tta_adds_a_flip_accuracy_column(tiny_splits):
-    _, h = fit(tiny_splits, small_cfg(epochs=1, tta=True))
-    assert 0.0 <= h.final["test_acc_tta"] <= 1.0
+def test_tta_adds_a_flip_column_every_epoch_and_a_six_view_column_at_the_end(tiny_splits):
+    _, h = fit(tiny_splits, small_cfg(epochs=2, tta=True))
+    assert all(0.0 <= row["test_acc_tta"] <= 1.0 for row in h.rows)
+    assert "test_acc_tta6" not in h.rows[0] and 0.0 <= h.final["test_acc_tta6"] <= 1.0
+    _, plain = fit(tiny_splits, small_cfg(epochs=1))
+    assert "test_acc_tta" not in plain.final and "test_acc_tta6" not in plain.final
+
+
+def test_translate_shifts_one_pixel_with_reflected_edges():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    down_right = _translate(x, 1, 1)
+    assert torch.equal(down_right[..., 1:, 1:], x[..., :3, :3])  # content moved by one pixel
+    assert torch.equal(down_right[..., 0, 1:], x[..., 1, :3])  # top row filled by reflection
+    up_left = _translate(x, -1, -1)
+    assert torch.equal(up_left[..., :3, :3], x[..., 1:, 1:])
+    assert torch.equal(_translate(x, 0, 0), x)
+
+
+def test_predict_averages_the_logits_of_its_views():
+    torch.manual_seed(0)
+    model = create_model("s8-net", norm="bn", width=8).eval()
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        views = [model(_translate(x.flip(3) if m else x, dy, dx)) for dy, dx, m in TTA_VIEWS["flip-shift"]]
+    assert len(views) == 6
+    torch.testing.assert_close(predict(model, x, batch_size=4, tta="flip-shift"), torch.stack(views).mean(0))
+    torch.testing.assert_close(predict(model, x, tta=True), (model(x) + model(x.flip(3))).detach() / 2)
+    torch.testing.assert_close(predict(model, x), model(x).detach())
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])

@@ -22,7 +22,7 @@ from cifarlab import __version__
 from cifarlab.errors import ConfigError
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                   "test_acc_tta", "lr", "seconds", "train_seconds")
+                   "test_acc_tta", "test_acc_tta6", "lr", "seconds", "train_seconds")
 
 
 def code_version() -> dict[str, str]:
@@ -67,13 +67,18 @@ def save_checkpoint(path: Path, model: nn.Module, config: dict, extra: dict | No
     os.replace(tmp, path)
 
 
+def check_free(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse an existing run folder unless `overwrite`: callable early, before slow work."""
+    if Path(out).exists() and not overwrite:
+        raise ConfigError(f"'{out}' already exists (choose another --out or pass --overwrite)")
+
+
 class RunDir:
     """Builds a run folder in a hidden staging folder; `commit()` moves it into place."""
 
     def __init__(self, out: str | os.PathLike, overwrite: bool = False) -> None:
         self.out = Path(out)
-        if self.out.exists() and not overwrite:
-            raise ConfigError(f"'{self.out}' already exists (choose another --out or pass --overwrite)")
+        check_free(self.out, overwrite)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
         self.overwrite = overwrite

@@ -62,6 +62,11 @@ class RunRecord:
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def test_acc_tta6(self) -> float | None:
+        """6-view TTA accuracy (flip x 1-pixel shifts), measured at the final epoch only."""
+        return self.history[-1].get("test_acc_tta6") if self.history else None
+
 
 class Store:
     """Open (or create) `folder/store.sqlite`."""

@@ -165,7 +165,7 @@ def _run_one(task: tuple[str, int, dict, str, int]) -> RunRecord:
     experiment, seed, cfg_dict, folder, threads = task
     if threads:
         torch.set_num_threads(threads)
-    cfg = from_dict(RunConfig, cfg_dict)
+    cfg = _on_worker_device(from_dict(RunConfig, cfg_dict))
     rel = run_dir_name(experiment, seed)
     history = run_experiment(cfg, Path(folder) / rel, overwrite=True, log=None)
     final, meta = history.final, history.meta
@@ -176,15 +176,26 @@ def _run_one(task: tuple[str, int, dict, str, int]) -> RunRecord:
         warmup_seconds=meta["warmup_seconds"], device=meta["device"], config=to_dict(cfg), history=history.rows)
 
 
-def _assign_devices(cfg: RunConfig, index: int) -> RunConfig:
-    """Spread runs over the visible GPUs (one process each); several processes may share one GPU."""
-    if cfg.train.device != "auto":
+# The GPU a pool worker trains on, fixed once per process (see _execute): tying GPUs to workers,
+# not to task numbers, keeps two runs from sharing one GPU while another idles.
+_WORKER_DEVICE: str | None = None
+
+
+def _init_worker(devices) -> None:
+    global _WORKER_DEVICE
+    _WORKER_DEVICE = devices.get()
+
+
+def _on_worker_device(cfg: RunConfig) -> RunConfig:
+    if _WORKER_DEVICE is None or cfg.train.device != "auto":
         return cfg
+    return from_dict(RunConfig, merge(to_dict(cfg), {"train": {"device": _WORKER_DEVICE}}))
+
+
+def _gpu_count() -> int:
     import torch
 
-    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
-        return cfg
-    return from_dict(RunConfig, merge(to_dict(cfg), {"train": {"device": f"cuda:{index % torch.cuda.device_count()}"}}))
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None = None, jobs: int = 1,
@@ -218,7 +229,7 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
             for seed in range(n_seeds):
                 if (exp.name, seed) in finished:
                     continue
-                cfg = _assign_devices(_with_seed(exp.config, seed), len(tasks))
+                cfg = _with_seed(exp.config, seed)
                 tasks.append((exp.name, seed, to_dict(cfg), str(folder)))
         total = len(spec.experiments) * n_seeds
         log(f"study '{spec.name}': {total} runs ({len(spec.experiments)} experiments x {n_seeds} seeds), "
@@ -248,7 +259,15 @@ def _execute(tasks: list[tuple], jobs: int):
             yield _run_one((*task, 0))
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    ctx = get_context("spawn")
+    gpus = _gpu_count()
+    pool_args = {}
+    if gpus > 1:  # one GPU per worker, round robin; with one GPU every worker shares it
+        devices = ctx.Queue()
+        for i in range(jobs):
+            devices.put(f"cuda:{i % gpus}")
+        pool_args = {"initializer": _init_worker, "initargs": (devices,)}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **pool_args) as pool:
         futures = [pool.submit(_run_one, (*task, threads)) for task in tasks]
         try:
             for future in as_completed(futures):

@@ -64,37 +64,59 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast_for(device: torch.device, precision: str):
+    """A no-argument factory of the autocast context the run uses (bf16 on CUDA by default)."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
 
+def _translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Shift images by (dy, dx) <= 1 pixel, filling the edge by reflection (as the training crop does)."""
+    if dy == 0 and dx == 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    return padded[..., 1 - dy: 1 - dy + h, 1 - dx: 1 - dx + w]
+
+
+# Test-time augmentation: the views whose logits are averaged, as (dy, dx, mirrored).
+# "flip" is the headline TTA; "flip-shift" (6 views: flip x {none, 1 px down-right, 1 px up-left})
+# is reported in a column of its own at the final epoch.
+TTA_VIEWS: dict[str, tuple[tuple[int, int, bool], ...]] = {
+    "none": ((0, 0, False),),
+    "flip": ((0, 0, False), (0, 0, True)),
+    "flip-shift": tuple((dy, dx, m) for dy, dx in ((0, 0), (1, 1), (-1, -1)) for m in (False, True)),
+}
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000, tta: bool = False,
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000, tta: bool | str = False,
             autocast: Callable = nullcontext) -> torch.Tensor:
-    """Logits (N, classes) in float32; with `tta`, the mean of the image's and its mirror's logits."""
+    """Logits (N, classes) in float32, averaged over the TTA views (`True` means "flip")."""
+    views = TTA_VIEWS["flip" if tta is True else (tta or "none")]
     was_training = model.training
     model.eval()
     outs = []
     for i in range(0, x.shape[0], batch_size):
         xb = x[i: i + batch_size]
-        if xb.is_cuda:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            out = model(xb).float()
-            if tta:
-                out = (out + model(xb.flip(3)).float()) / 2
-        outs.append(out)
+        out = 0
+        for dy, dx, mirrored in views:
+            xv = _translate(xb.flip(3) if mirrored else xb, dy, dx)
+            if xv.is_cuda:
+                xv = xv.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                out = out + model(xv).float()
+        outs.append(out / len(views))
     model.train(was_training)
     return torch.cat(outs)
 
 
-def _evaluate(model, split: Split, cfg: TrainConfig, autocast, tta: bool) -> dict[str, torch.Tensor]:
+def _evaluate(model, split: Split, cfg: TrainConfig, autocast, tta: bool, rich_tta: bool = False) -> dict:
     logits = predict(model, split.x, cfg.eval_batch_size, False, autocast)
     out = {"loss": F.cross_entropy(logits, split.y), "acc": (logits.argmax(1) == split.y).float().mean()}
-    if tta:
-        logits_tta = predict(model, split.x, cfg.eval_batch_size, True, autocast)
-        out["acc_tta"] = (logits_tta.argmax(1) == split.y).float().mean()
+    for key, kind, wanted in (("acc_tta", "flip", tta), ("acc_tta6", "flip-shift", rich_tta)):
+        if wanted:
+            out[key] = (predict(model, split.x, cfg.eval_batch_size, kind, autocast).argmax(1) == split.y).float().mean()
     return out
 
 
@@ -104,14 +126,16 @@ class _EMA:
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.model = copy.deepcopy(model).eval()
         self.decay = decay
-        self.src = [p for p in model.parameters()]
-        self.dst = [p for p in self.model.parameters()]
+        self.src = list(model.parameters())
+        self.dst = list(self.model.parameters())
+        # Buffers (norm running statistics, counters) are copied, not averaged: one foreach call.
+        self.buf_dst, self.buf_src = list(self.model.buffers()), list(model.buffers())
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         torch._foreach_lerp_(self.dst, self.src, 1.0 - self.decay)
-        for b_dst, b_src in zip(self.model.buffers(), model.buffers()):
-            b_dst.copy_(b_src)
+        if self.buf_dst:
+            torch._foreach_copy_(self.buf_dst, self.buf_src)
 
 
 def _epoch_line(row: dict, epochs: int, eta: float | None) -> str:
@@ -122,6 +146,8 @@ def _epoch_line(row: dict, epochs: int, eta: float | None) -> str:
     parts += [f"test_loss {row['test_loss']:.4f}", f"test_acc {row['test_acc']:.4f}"]
     if "test_acc_tta" in row:
         parts.append(f"test_acc_tta {row['test_acc_tta']:.4f}")
+    if "test_acc_tta6" in row:
+        parts.append(f"test_acc_tta6 {row['test_acc_tta6']:.4f}")
     parts.append(f"lr {row['lr']:.3g}")
     if eta is not None and row["epoch"] < epochs:
         parts.append(f"~{int(eta // 60)}m{int(eta % 60):02d}s left")
@@ -148,13 +174,20 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     use_cuda = device.type == "cuda"
     if use_cuda:
         torch.backends.cudnn.benchmark = True
+        if device.index is not None:
+            torch.cuda.set_device(device)  # so synchronize(), caches and compiled kernels use this GPU
         model = model.to(device, memory_format=torch.channels_last)
     else:
         model = model.to(device)
     data = data.to(device)
-    autocast = _autocast(device, cfg.precision)
+    autocast = autocast_for(device, cfg.precision)
     mode = COMPILE_MODES[cfg.compile] if cfg.compile != "auto" else ("default" if use_cuda else None)
     compiled = mode is not None
+    if compiled:
+        # Dynamo keeps at most 8 compiled variants per forward() code object across models; runs of a
+        # study in one process would exhaust that after ~4 configurations and silently fall back to
+        # eager. A reset per run recompiles (from inductor's on-disk cache when the model repeats).
+        torch.compiler.reset()
     net = torch.compile(model, mode=mode) if compiled else model
 
     n = len(data.train)
@@ -174,7 +207,8 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         total.backward()
         return loss.detach(), out.detach()
 
-    warmup_seconds = _warm_up(model, net, data, cfg, bs, autocast, forward_backward) if (compiled or use_cuda) else 0.0
+    warmup_seconds = (_warm_up(model, net, data, cfg, bs, autocast, forward_backward, eval_too=not cfg.ema)
+                      if (compiled or use_cuda) else 0.0)
     seed_everything(cfg.seed)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
@@ -209,7 +243,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
                 if show_loss and not bar.disable and i % 20 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
         if use_cuda:
-            torch.cuda.synchronize()  # the one wait of the epoch, to time the loop apart from evaluation
+            torch.cuda.synchronize(device)  # the one wait of the epoch, to time the loop apart from evaluation
         loop_seconds = time.perf_counter() - t0
         eval_model = ema.model if ema is not None else net
         row = _epoch_row(epoch, loss_sum, correct, steps * bs, lr, eval_model, data, cfg, autocast)
@@ -234,7 +268,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     loop_seconds = sum(r["train_seconds"] for r in history.rows)
     # images/s counts the training loop only (augmentation, forward, backward, step), not evaluation.
     history.meta.update(train_seconds=train_seconds,
-                        images_per_second=steps * bs * cfg.epochs / max(loop_seconds, 1e-9))
+                        images_per_second=steps * bs * len(history.rows) / max(loop_seconds, 1e-9))
     return history
 
 
@@ -244,7 +278,8 @@ def _epoch_row(epoch, loss_sum, correct, seen, lr, model, data: DataSplits, cfg,
     if data.val is not None:
         ev = _evaluate(model, data.val, cfg, autocast, False)
         metrics.update(val_loss=ev["loss"], val_acc=ev["acc"])
-    ev = _evaluate(model, data.test, cfg, autocast, cfg.tta)
+    # The 6-view TTA costs 6 passes over the test set: only at the last epoch.
+    ev = _evaluate(model, data.test, cfg, autocast, cfg.tta, rich_tta=cfg.tta and epoch == cfg.epochs)
     metrics.update({f"test_{k}": v for k, v in ev.items()})
     values = torch.stack([v.float() for v in metrics.values()]).tolist()
     row = {"epoch": epoch}
@@ -255,7 +290,8 @@ def _epoch_row(epoch, loss_sum, correct, seen, lr, model, data: DataSplits, cfg,
     return row
 
 
-def _warm_up(model, net, data: DataSplits, cfg: TrainConfig, bs: int, autocast, forward_backward) -> float:
+def _warm_up(model, net, data: DataSplits, cfg: TrainConfig, bs: int, autocast, forward_backward,
+             eval_too: bool = True) -> float:
     """Compile / autotune on throw-away forward+backward passes, then restore the weights: seconds.
 
     Timing this apart keeps compilation out of the per-run figures. No optimizer step is taken,
@@ -271,11 +307,16 @@ def _warm_up(model, net, data: DataSplits, cfg: TrainConfig, bs: int, autocast, 
         forward_backward(xb, yb)
     for p in model.parameters():
         p.grad = None
-    for split in (data.val, data.test):
+    for split in (data.val, data.test) if eval_too else ():  # an EMA copy evaluates eagerly: nothing to compile
         if split is not None:
-            predict(net, split.x[: cfg.eval_batch_size], cfg.eval_batch_size, cfg.tta, autocast)
+            # Every batch shape evaluation will see (a full batch and the ragged last one), so no
+            # recompilation lands inside the timed epochs.
+            ragged = len(split) % cfg.eval_batch_size
+            for xs in (split.x[: cfg.eval_batch_size], split.x[len(split) - ragged:] if ragged else None):
+                if xs is not None and len(xs):
+                    predict(net, xs, cfg.eval_batch_size, cfg.tta, autocast)
     if xb.is_cuda:
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(xb.device)
     seconds = time.perf_counter() - t0
     model.load_state_dict(state)
     return seconds

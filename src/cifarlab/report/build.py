@@ -59,8 +59,9 @@ def comparison_table(study: Study) -> Table:
     ref_mean = summarize(ref.values("test_acc")).mean
     has_val = study.val > 0 and any(r.val_acc is not None for r in study.runs)
     has_tta = any(r.test_acc_tta is not None for r in study.runs)
+    has_tta6 = any(r.test_acc_tta6 is not None for r in study.runs)
     columns = ["experiment", "n", "test acc %", "95% CI", "\u0394 test (pts)", "train acc %", "gap (pts)"]
-    columns += ["val acc %"] * has_val + ["flip TTA %"] * has_tta
+    columns += ["val acc %"] * has_val + ["flip TTA %"] * has_tta + ["6-view TTA %"] * has_tta6
     columns += ["params", "epochs", "s / run"]
     rows = []
     for exp in study.experiments:
@@ -73,10 +74,12 @@ def comparison_table(study: Study) -> Table:
             row.append(mean_std(exp.values("val_acc")))
         if has_tta:
             row.append(mean_std(exp.values("test_acc_tta")))
+        if has_tta6:
+            row.append(mean_std(exp.values("test_acc_tta6")))
         row += [int_range(exp.values("params")), int_range(exp.values("epochs")),
                 mean_std(exp.values("seconds"), scale=1.0, digits=1)]
         rows.append(row)
-    align = "lrrrrrr" + "r" * (has_val + has_tta) + "rrr"
+    align = "lrrrrrr" + "r" * (has_val + has_tta + has_tta6) + "rrr"
     caption = ("Final-epoch accuracy, mean \u00b1 std over n seeds (sample std); 95% CI: t-interval of the mean. "
                f"\u0394 test: points against {ref.name}. Gap = train \u2212 test accuracy in points (train accuracy "
                "is measured on the augmented training batches during the last epoch). s / run: training "
@@ -85,6 +88,9 @@ def comparison_table(study: Study) -> Table:
         caption += f" Val: {study.val:,} held-out training images, final epoch."
     if has_tta:
         caption += " Flip TTA: test accuracy averaging the predictions of each image and its mirror image."
+    if has_tta6:
+        caption += (" 6-view TTA: the same over flip \u00d7 {unshifted, 1 pixel down-right, 1 pixel up-left}, "
+                    "final epoch.")
     return Table(columns, rows, align=align, caption=caption, row_notes=[e.description for e in study.experiments])
 
 

@@ -58,8 +58,11 @@ def effect_sentence(exp: Experiment, ref: Experiment) -> str:
     if abs(gap_diff) < SAME_POINTS:
         text += f" and leaves the train-test gap at {100 * ge.mean:.1f} points"
     else:
-        text += (f" and {'widens' if gap_diff > 0 else 'narrows'} the train-test gap from "
-                 f"{100 * gr.mean:.1f} to {100 * ge.mean:.1f} points")
+        # "Narrows"/"widens" only reads right for a positive gap (overfitting); a negative gap (train
+        # accuracy, measured on augmented batches, below test) just goes up or down.
+        verb = ("widens" if gap_diff > 0 else "narrows") if gr.mean > 0 and ge.mean > 0 else \
+            ("raises" if gap_diff > 0 else "lowers")
+        text += f" and {verb} the train-test gap from {100 * gr.mean:.1f} to {100 * ge.mean:.1f} points"
     if welch_t_test(gap_e, gap_r) is not None:
         text += f" ({noise_verdict(gap_e, gap_r)})"
     text += "."
