@@ -373,3 +373,22 @@ def test_predict_averages_the_logits_of_its_views():
 def test_every_optimizer_trains(tiny_splits, optimizer):
     _, h = fit(tiny_splits, small_cfg(epochs=1, optim={"name": optimizer, "lr": 0.01, "weight_decay": 1e-4}))
     assert math.isfinite(h.final["train_loss"])
+
+
+def test_a_failing_compiler_falls_back_to_eager_training_with_a_warning(tiny_splits, monkeypatch):
+    class Broken(nn.Module):  # what torch.compile hands back when, say, Triton finds no C compiler
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: Broken(model))
+    lines = []
+    seed_everything(0)
+    h = train(create_model("s8-net", **SMALL_S8), tiny_splits, small_cfg(epochs=1, compile="on"), log=lines.append)
+    assert lines[0].startswith("warning: torch.compile failed (RuntimeError: Failed to find C compiler")
+    assert h.meta["compiled"] is False and math.isfinite(h.final["train_loss"])
+    _, eager = fit(tiny_splits, small_cfg(epochs=1))
+    assert h.final["train_loss"] == eager.final["train_loss"]  # the failed attempt left no trace

@@ -207,8 +207,20 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         total.backward()
         return loss.detach(), out.detach()
 
-    warmup_seconds = (_warm_up(model, net, data, cfg, bs, autocast, forward_backward, eval_too=not cfg.ema)
-                      if (compiled or use_cuda) else 0.0)
+    warmup_seconds = 0.0
+    if compiled:
+        try:
+            warmup_seconds = _warm_up(model, net, data, cfg, bs, autocast, forward_backward, eval_too=not cfg.ema)
+        except Exception as exc:  # noqa: BLE001 - e.g. no C compiler for Triton, an op inductor cannot lower
+            # A run that cannot compile can still train: say so and go on eagerly (forward_backward
+            # reads `net` at call time, so rebinding it switches the loop over).
+            reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+            if log is not None:
+                log(f"warning: torch.compile failed ({exc.__class__.__name__}: {reason}); training without it")
+            net, compiled = model, False
+            torch.compiler.reset()
+    if use_cuda and not compiled:
+        warmup_seconds = _warm_up(model, net, data, cfg, bs, autocast, forward_backward)
     seed_everything(cfg.seed)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
@@ -299,27 +311,29 @@ def _warm_up(model, net, data: DataSplits, cfg: TrainConfig, bs: int, autocast, 
     """
     state = copy.deepcopy(model.state_dict())
     t0 = time.perf_counter()
-    xb, yb = data.train.x[:bs], data.train.y[:bs]
-    if xb.is_cuda:
-        xb = xb.contiguous(memory_format=torch.channels_last)
-    model.train()
-    for _ in range(2):
-        forward_backward(xb, yb)
-    for p in model.parameters():
-        p.grad = None
-    for split in (data.val, data.test) if eval_too else ():  # an EMA copy evaluates eagerly: nothing to compile
-        if split is not None:
-            # Every batch shape evaluation will see (a full batch and the ragged last one), so no
-            # recompilation lands inside the timed epochs.
-            ragged = len(split) % cfg.eval_batch_size
-            for xs in (split.x[: cfg.eval_batch_size], split.x[len(split) - ragged:] if ragged else None):
-                if xs is not None and len(xs):
-                    predict(net, xs, cfg.eval_batch_size, cfg.tta, autocast)
-    if xb.is_cuda:
-        torch.cuda.synchronize(xb.device)
-    seconds = time.perf_counter() - t0
-    model.load_state_dict(state)
-    return seconds
+    try:
+        xb, yb = data.train.x[:bs], data.train.y[:bs]
+        if xb.is_cuda:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        model.train()
+        for _ in range(2):
+            forward_backward(xb, yb)
+        for split in (data.val, data.test) if eval_too else ():  # an EMA copy evaluates eagerly
+            if split is not None:
+                # Every batch shape evaluation will see (a full batch and the ragged last one), so no
+                # recompilation lands inside the timed epochs.
+                ragged = len(split) % cfg.eval_batch_size
+                for xs in (split.x[: cfg.eval_batch_size], split.x[len(split) - ragged:] if ragged else None):
+                    if xs is not None and len(xs):
+                        predict(net, xs, cfg.eval_batch_size, cfg.tta, autocast)
+        if xb.is_cuda:
+            torch.cuda.synchronize(xb.device)
+        return time.perf_counter() - t0
+    finally:  # also when compilation fails half-way: the run starts from the untouched weights
+        for p in model.parameters():
+            p.grad = None
+        model.load_state_dict(state)
+        model.train()
 
 
 def _device_name(device: torch.device) -> str:
