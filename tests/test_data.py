@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import cifarlab.data as data_mod
-from cifarlab.data import (CACHE_NAME, CLASSES, Cifar10, augment_batch, crop_batch, find_root, flip_batch,
-                           load_cifar10, make_splits)
+from cifarlab.data import (CACHE_NAME, CLASSES, Cifar10, alternating_flips, augment_batch, crop_batch, find_root,
+                           flip_batch, load_cifar10, make_splits)
 from cifarlab.errors import DataError
 
 from conftest import random_image, save_png, write_batches
@@ -316,6 +316,22 @@ def test_augmentation_is_deterministic_for_a_seeded_generator(fn):
     x = batch()
     assert torch.equal(fn(x, seeded(7)), fn(x, seeded(7)))
     assert not torch.equal(fn(x, seeded(7)), fn(x, seeded(8)))
+
+
+def test_a_given_flip_mask_is_used_exactly():
+    x = batch(8)
+    mask = torch.tensor([True, False] * 4)
+    out = augment_batch(x, "flip", seeded(), mask)
+    assert torch.equal(out[mask], x.flip(3)[mask]) and torch.equal(out[~mask], x[~mask])
+
+
+def test_alternating_flips_mirror_every_image_in_every_other_epoch():
+    bits = torch.rand(100, generator=seeded(3)) < 0.5
+    idx = torch.randperm(100, generator=seeded(4))[:40]
+    e1, e2, e3 = (alternating_flips(bits, idx, e) for e in (1, 2, 3))
+    assert torch.equal(e1, ~e2) and torch.equal(e1, e3)  # opposite in consecutive epochs
+    assert torch.equal(e2, bits[idx])
+    assert 0 < int(e1.sum()) < 40  # the starting side is random per image
 
 
 def test_augment_none_returns_the_batch_unchanged():

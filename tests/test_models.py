@@ -156,6 +156,42 @@ def test_batchnorm_running_statistics_are_not_trainable_parameters():
     assert sum(b.numel() for n, b in model.named_buffers() if "running" in n) == 456  # mean + var per channel
 
 
+def test_budget_net_late_pooling_keeps_the_parameters_and_the_output_shape():
+    early, late = create_model("budget-net"), create_model("budget-net", pool="late")
+    assert count_params(late) == BUDGET_NET
+    x = torch.randn(2, 3, 32, 32)
+    assert late(x).shape == early(x).shape == (2, 10)
+    # Late pooling runs the second conv of every stage on 4x the positions.
+    seen = {}
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = output.shape[-1]
+        return hook
+
+    hooks = [m.register_forward_hook(record(k)) for k, m in late.named_modules() if k.endswith("conv2")]
+    late(x)
+    for h in hooks:
+        h.remove()
+    assert [seen[f"stages.{i}.conv2"] for i in range(3)] == [32, 16, 8]
+
+
+def test_budget_net_dirac_init_makes_the_first_filters_identities():
+    model = create_model("budget-net", dirac=True)
+    conv = model.stages[1].conv2  # 32 -> 32
+    x = torch.randn(1, 32, 8, 8)
+    assert torch.allclose(conv(x), x, atol=1e-6)
+    widening = model.stages[0].conv1  # 20 -> 24: the first 20 filters pass the input through
+    x = torch.randn(1, 20, 8, 8)
+    assert torch.allclose(widening(x)[:, :20], x, atol=1e-6)
+    assert widening.weight[20:].abs().sum() > 0  # the extra filters keep their random init
+    assert count_params(model) == BUDGET_NET
+
+
+def test_budget_net_unknown_pool_placement_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown pool placement 'middle'"):
+        create_model("budget-net", pool="middle")
+
+
 def test_s8_net_skips_change_no_parameter_count():
     assert count_params(create_model("s8-net", skips=True)) == S8_NET
 

@@ -1,6 +1,7 @@
 """Study specs, the runner and resume: every spec error names the file and key, before any training."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -189,6 +190,22 @@ def test_changed_experiment_config_is_refused_not_mixed(tmp_path, tiny_data):
     changed = load_spec(write_spec(tmp_path / "b.toml", tiny_data, "train = { optim = { lr = 0.1 } }"))
     with pytest.raises(ConfigError, match="different configuration"):
         run_study(changed, out=out, log=lambda s: None)
+
+
+def test_runs_recorded_before_a_setting_existed_still_count_as_finished(tmp_path, tiny_data):
+    # A store written by an older cifarlab has no entry for options added since (here alt_flip and
+    # norm_lr_scale); their defaults reproduce the old runs, so a rerun must not call them changed.
+    out = tmp_path / "study"
+    spec = load_spec(write_spec(tmp_path / "a.toml", tiny_data))
+    run_study(spec, out=out, log=lambda s: None)
+    with sqlite3.connect(out / "store.sqlite") as db:
+        for exp, seed, text in db.execute("SELECT experiment, seed, config FROM runs").fetchall():
+            cfg = json.loads(text)
+            del cfg["train"]["alt_flip"], cfg["train"]["optim"]["norm_lr_scale"]
+            db.execute("UPDATE runs SET config = ? WHERE experiment = ? AND seed = ?", (json.dumps(cfg), exp, seed))
+    lines = []
+    run_study(spec, out=out, log=lines.append)
+    assert "already finished, 0 to run" in lines[0]
 
 
 def test_killed_study_resumes_without_retraining_finished_runs(tmp_path, tiny_data):

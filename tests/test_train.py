@@ -239,11 +239,43 @@ def test_training_with_an_l2_penalty_shrinks_the_kernels(tiny_splits):
 
 def test_weight_decay_applies_to_kernels_only():
     model = create_model("budget-net")
-    decay, no_decay = param_groups(model, 5e-4)
+    decay, no_decay = param_groups(model, 5e-4, 0.1)
     kernels = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
     assert {id(p) for p in decay["params"]} == {id(p) for p in kernels}
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "onecycle", "step"])
+def test_norm_lr_scale_multiplies_the_lr_of_biases_and_norm_parameters_throughout(schedule):
+    model = create_model("budget-net")
+    o = OptimConfig(lr=0.2, norm_lr_scale=8.0, schedule=schedule, step_epochs=1, gamma=0.5)
+    opt = create_optimizer(model, o, torch.device("cpu"))
+    sched = create_schedule(opt, o, epochs=3, steps_per_epoch=4)
+    for step in range(12):
+        kernels, norms = opt.param_groups
+        assert norms["lr"] == pytest.approx(8.0 * kernels["lr"]), f"step {step}"
+        opt.step()
+        sched.step_batch()
+        if step % 4 == 3:
+            sched.step_epoch(1.0)
+    assert kernels["lr"] < 0.2 or schedule == "step"
+
+
+def test_alternating_flip_trains_reproducibly_and_differs_from_random_flips(tiny_splits):
+    _, alt = fit(tiny_splits, small_cfg(alt_flip=True))
+    _, again = fit(tiny_splits, small_cfg(alt_flip=True))
+    _, rand = fit(tiny_splits, small_cfg())
+    assert without_timings(alt.rows) == without_timings(again.rows)
+    assert without_timings(alt.rows) != without_timings(rand.rows)
+
+
+def test_a_non_positive_norm_lr_scale_is_refused():
+    from cifarlab.config import validate
+    from cifarlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="norm lr scale must be > 0"):
+        validate(RunConfig(train=TrainConfig(optim=OptimConfig(norm_lr_scale=0.0))))
 
 
 # ---------------------------------------------------------------------------------------------

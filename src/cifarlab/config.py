@@ -47,6 +47,7 @@ class OptimConfig:
     patience: int = 2  # plateau: epochs without improvement of the monitored loss
     warmup: float = 0.2  # linear/onecycle: fraction of all steps spent rising to the peak
     final_lr: float = 0.0  # linear: lr at the last step, as a fraction of the peak
+    norm_lr_scale: float = 1.0  # lr multiplier for biases and norm parameters (never decayed)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class TrainConfig:
     batch_size: int = 256
     seed: int = 0
     augment: str = "crop"  # none | flip | crop
+    alt_flip: bool = False  # mirror each image in every other epoch instead of at random
     optim: OptimConfig = field(default_factory=OptimConfig)
     reg: RegConfig = field(default_factory=RegConfig)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
@@ -166,6 +168,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.batch_size > 0, f"batch size must be > 0, got {t.batch_size}"),
         (t.augment in AUGMENTS, f"unknown augment '{t.augment}' (choose from {', '.join(AUGMENTS)})"),
         (o.lr > 0, f"learning rate must be > 0, got {o.lr}"),
+        (o.norm_lr_scale > 0, f"norm lr scale must be > 0, got {o.norm_lr_scale}"),
         (t.precision in ("auto", "bf16", "fp32"), f"unknown precision '{t.precision}' (auto, bf16, fp32)"),
         (t.compile in COMPILE_CHOICES, f"unknown compile mode '{t.compile}' ({', '.join(COMPILE_CHOICES)})"),
         (0.0 <= t.ema < 1.0, f"ema must be in [0, 1), got {t.ema}"),

@@ -324,9 +324,10 @@ def make_splits(ds: Cifar10, val: int = 0, subset: int = 0, seed: int = 0) -> Da
 # Augmentation: whole batches on the training device, no per-sample Python work.
 
 
-def flip_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip each image of (B, C, H, W) left-right with probability 1/2."""
-    mask = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+def flip_batch(x: torch.Tensor, generator: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Flip each image of (B, C, H, W) left-right with probability 1/2, or where `mask` (B,) is true."""
+    if mask is None:
+        mask = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
 
 
@@ -344,12 +345,26 @@ def crop_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> tor
 
 
 AUGMENTATIONS = {
-    "none": lambda x, g: x,
+    "none": lambda x, g, m: x,
     "flip": flip_batch,
-    "crop": lambda x, g: flip_batch(crop_batch(x, g), g),
+    "crop": lambda x, g, m: flip_batch(crop_batch(x, g), g, m),
 }
 
 
-def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
-    """Apply augmentation `kind` ('none', 'flip', 'crop') to a normalised batch on its own device."""
-    return AUGMENTATIONS[kind](x, generator)
+def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator,
+                  flips: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply augmentation `kind` ('none', 'flip', 'crop') to a normalised batch on its own device.
+
+    `flips` (B,) bool fixes which images are mirrored (alternating flip); None draws them at random.
+    """
+    return AUGMENTATIONS[kind](x, generator, flips)
+
+
+def alternating_flips(bits: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Which images of a batch to mirror under alternating flip.
+
+    Each image gets one random bit for the run and is mirrored in every other epoch from there, so
+    any two consecutive epochs show it both ways: random flips show about a quarter of the images
+    the same way twice in a row, which wastes part of a short run.
+    """
+    return bits[idx] ^ bool(epoch % 2)

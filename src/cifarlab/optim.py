@@ -10,8 +10,12 @@ from cifarlab.config import OptimConfig, RegConfig
 from cifarlab.errors import ConfigError
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Conv/linear kernels decay; biases and norm parameters never do (decaying them only hurts)."""
+def param_groups(model: nn.Module, weight_decay: float, lr: float, norm_lr_scale: float = 1.0) -> list[dict]:
+    """Conv/linear kernels decay; biases and norm parameters never do (decaying them only hurts).
+
+    The second group's lr can be scaled: norm shifts and scales are few and see summed gradients,
+    and fast-training recipes raise their lr.
+    """
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -19,7 +23,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
                 continue
             is_kernel = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
             (decay if is_kernel else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay, "lr": lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": lr * norm_lr_scale}]
 
 
 def check_optim(o: OptimConfig) -> None:
@@ -58,7 +63,7 @@ def create_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> 
     """Build the optimiser named in `o` over `model`'s parameters."""
     if o.name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer '{o.name}' (choose from {', '.join(OPTIMIZERS)})")
-    return OPTIMIZERS[o.name](param_groups(model, o.weight_decay), o, device)
+    return OPTIMIZERS[o.name](param_groups(model, o.weight_decay, o.lr, o.norm_lr_scale), o, device)
 
 
 class Schedule:
@@ -94,7 +99,7 @@ SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, OptimConfig, int, int], Sc
     "step": lambda opt, o, epochs, steps: Schedule(
         torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_epochs, gamma=o.gamma)),
     "onecycle": lambda opt, o, epochs, steps: Schedule(
-        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=epochs * steps,
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=epochs * steps,
                                             pct_start=o.warmup), per_batch=True),
     "plateau": lambda opt, o, epochs, steps: Schedule(
         torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=o.gamma, patience=o.patience), monitors=True),

@@ -148,7 +148,13 @@ def _with_seed(cfg: RunConfig, seed: int) -> RunConfig:
 
 
 def _comparable(cfg: dict) -> dict:
-    # Which GPU a run used does not change what it computes.
+    # A run recorded by an older cifarlab lacks the settings added since; read through the config
+    # classes, those take their defaults (which reproduce the old behaviour), so adding an option
+    # does not make every finished run look changed. Which GPU a run used does not matter either.
+    try:
+        cfg = to_dict(from_dict(RunConfig, cfg))
+    except ConfigError:  # a setting this version no longer knows: compare as recorded
+        pass
     return merge(cfg, {"train": {"device": None}})
 
 

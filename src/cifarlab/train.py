@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlab.config import TrainConfig
-from cifarlab.data import DataSplits, Split, augment_batch
+from cifarlab.data import DataSplits, Split, alternating_flips, augment_batch
 from cifarlab.errors import ConfigError
 from cifarlab.optim import create_optimizer, create_schedule, penalty, penalty_terms
 
@@ -225,6 +225,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
     ema = _EMA(model, cfg.ema) if cfg.ema else None
+    flip_bits = torch.rand(n, device=device, generator=gen) < 0.5 if cfg.alt_flip else None
 
     history = History(meta={"device": _device_name(device), "train_images": n, "batch_size": bs,
                             "steps_per_epoch": steps, "compiled": compiled, "warmup_seconds": warmup_seconds})
@@ -240,7 +241,8 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         with _progress(steps, f"epoch {epoch}/{cfg.epochs}") as bar:
             for i in range(steps):
                 idx = perm[i * bs: (i + 1) * bs]
-                xb = augment_batch(data.train.x[idx], cfg.augment, gen)
+                flips = alternating_flips(flip_bits, idx, epoch) if flip_bits is not None else None
+                xb = augment_batch(data.train.x[idx], cfg.augment, gen, flips)
                 yb = data.train.y[idx]
                 if use_cuda:
                     xb = xb.contiguous(memory_format=torch.channels_last)

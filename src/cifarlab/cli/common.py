@@ -73,6 +73,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--subset", type=int, default=0, metavar="N", help="train on N images only (quick runs)")
     g.add_argument("--augment", default=TrainConfig.augment, choices=AUGMENTS,
                    help=f"none | flip | crop (reflect-pad 4 + flip; default {TrainConfig.augment})")
+    g.add_argument("--alt-flip", action="store_true",
+                   help="mirror each image in every other epoch (from a random start) instead of at random")
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +92,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma", type=float, default=o.gamma, help="step/plateau: lr factor")
     g.add_argument("--warmup", type=float, default=o.warmup, help="linear/onecycle: warm-up fraction")
     g.add_argument("--final-lr", type=float, default=o.final_lr, help="linear: final lr / peak lr")
+    g.add_argument("--norm-lr-scale", type=float, default=o.norm_lr_scale,
+                   help="lr multiplier for biases and norm parameters")
     r = parser.add_argument_group("regularisation")
     for name in ("l1-conv", "l1-dense", "l2-conv", "l2-dense"):
         r.add_argument(f"--{name}", type=float, default=0.0, metavar="LAMBDA",
@@ -108,11 +112,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 def run_config(args: argparse.Namespace) -> RunConfig:
     optim = OptimConfig(name=args.optimizer, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
                         weight_decay=args.weight_decay, schedule=args.schedule, step_epochs=args.step_epochs,
-                        gamma=args.gamma, warmup=args.warmup, final_lr=args.final_lr)
+                        gamma=args.gamma, warmup=args.warmup, final_lr=args.final_lr,
+                        norm_lr_scale=args.norm_lr_scale)
     reg = RegConfig(l1_conv=args.l1_conv, l1_dense=args.l1_dense, l2_conv=args.l2_conv,
                     l2_dense=args.l2_dense, label_smoothing=args.label_smoothing)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
-                        optim=optim, reg=reg, device=args.device, precision=args.precision,
+                        alt_flip=args.alt_flip, optim=optim, reg=reg, device=args.device, precision=args.precision,
                         compile=args.compile, tta=args.tta, ema=args.ema)
     data = DataConfig(root=args.data, download=args.download, val=args.val, subset=args.subset)
     return RunConfig(data=data, model=model_config(args), train=train, max_params=args.max_params)
