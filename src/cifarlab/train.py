@@ -22,6 +22,7 @@ from torch import nn
 from cifarlab.config import TrainConfig
 from cifarlab.data import DataSplits, Split, alternating_flips, augment_batch
 from cifarlab.errors import ConfigError
+from cifarlab.malloc import keep_freed_memory
 from cifarlab.optim import create_optimizer, create_schedule, penalty, penalty_terms
 
 
@@ -178,6 +179,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
             torch.cuda.set_device(device)  # so synchronize(), caches and compiled kernels use this GPU
         model = model.to(device, memory_format=torch.channels_last)
     else:
+        keep_freed_memory()
         model = model.to(device)
     data = data.to(device)
     autocast = autocast_for(device, cfg.precision)
