@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from cifarlab.config import OptimConfig, RegConfig, TrainConfig  # noqa: E402
 from cifarlab.data import load_cifar10, make_splits  # noqa: E402
+from cifarlab.malloc import keep_freed_memory  # noqa: E402
 from cifarlab.models import create_model  # noqa: E402
 from cifarlab.store import Store  # noqa: E402
 from cifarlab.train import train  # noqa: E402
@@ -97,6 +98,9 @@ class _PerSample(torch.utils.data.Dataset):
 
 
 def cpu(args: argparse.Namespace) -> None:
+    # Every pipeline below gets the allocator setting cifarlab's loop uses (train() sets it on CPU
+    # anyway); CIFARLAB_MALLOC=default measures all of them with glibc's defaults instead.
+    kept = keep_freed_memory()
     bs, n = args.batch_size, args.images
     ds = load_cifar10(args.data)
     splits = make_splits(ds, subset=n)
@@ -152,7 +156,7 @@ def cpu(args: argparse.Namespace) -> None:
             results.setdefault(key, []).append(steps * bs / seconds)
     bare = statistics.mean(results["bare model (fixed batch)"])
     print(f"\nCPU data path, s8-net (bn), batch {bs}, {steps} steps per pass, {torch.get_num_threads()} threads, "
-          f"{args.repeats} repeat(s), torch {torch.__version__}")
+          f"{args.repeats} repeat(s), torch {torch.__version__}, freed memory kept: {kept}")
     print("| pipeline | train images/s, mean (range) | vs bare model |\n|---|---|---|")
     for key, vals in results.items():
         ips = statistics.mean(vals)
