@@ -1,7 +1,7 @@
 """cifarlab benchmark: prints one table; results go to BENCHMARKS.md by hand with date and device.
 
-  python bench/bench.py gpu [--seeds 5] [--out DIR]   accuracy/speed table (the issue-5 rows; needs CUDA)
-  python bench/bench.py cpu [--batch-size 128]        CPU data-path cost: cifarlab loop vs bare model
+  python bench/bench.py gpu [--seeds 5] [--out DIR] [--tuned TUNE_DIR]   accuracy/speed table (the issue-5 rows; needs CUDA)
+  python bench/bench.py cpu [--model s8-net] [--batch-size 128]  CPU data-path cost: cifarlab loop vs bare model
                                                       vs a conventional per-sample DataLoader pipeline
 Not a test: nothing here asserts; it measures.
 """
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from cifarlab.config import OptimConfig, RegConfig, TrainConfig  # noqa: E402
 from cifarlab.data import load_cifar10, make_splits  # noqa: E402
@@ -39,7 +40,15 @@ def gpu(args: argparse.Namespace) -> None:
     from cifarlab.study import load_spec, run_study
 
     rows = []
-    for spec_path in (ROOT / "studies/budget.toml", ROOT / "bench/s8.toml"):
+    budget = ROOT / "studies/budget.toml"
+    if args.tuned:  # the recipes the validation sweep chose, one per norm, instead of the shipped one
+        from tuned import spec_text
+
+        budget = Path(args.out) / "budget-tuned.toml"
+        budget.parent.mkdir(parents=True, exist_ok=True)
+        budget.write_text(spec_text(args.tuned, "budget-tuned", args.seeds))
+        print(f"budget-net rows from the validation sweep in {args.tuned} ({budget})")
+    for spec_path in (budget, ROOT / "bench/s8.toml"):
         spec = load_spec(spec_path)
         folder = run_study(spec, out=Path(args.out) / spec.name, seeds=args.seeds, jobs=1)
         with Store(folder) as store:
@@ -107,7 +116,7 @@ def cpu(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
 
     def fresh_model():
-        return create_model("s8-net", norm="bn")
+        return create_model(args.model, norm="bn")
 
     def step_fn(model, opt):
         def step(xb, yb):
@@ -155,7 +164,7 @@ def cpu(args: argparse.Namespace) -> None:
             key = f"DataLoader, {per_sample.kind}, workers={workers}"
             results.setdefault(key, []).append(steps * bs / seconds)
     bare = statistics.mean(results["bare model (fixed batch)"])
-    print(f"\nCPU data path, s8-net (bn), batch {bs}, {steps} steps per pass, {torch.get_num_threads()} threads, "
+    print(f"\nCPU data path, {args.model} (bn), batch {bs}, {steps} steps per pass, {torch.get_num_threads()} threads, "
           f"{args.repeats} repeat(s), torch {torch.__version__}, freed memory kept: {kept}")
     print("| pipeline | train images/s, mean (range) | vs bare model |\n|---|---|---|")
     for key, vals in results.items():
@@ -170,7 +179,10 @@ def main() -> None:
     g = sub.add_parser("gpu")
     g.add_argument("--seeds", type=int, default=5)
     g.add_argument("--out", default="runs/bench")
+    g.add_argument("--tuned", metavar="TUNE_DIR",
+                   help="budget-net rows: each norm's best recipe of this validation sweep (bench/tuned.py)")
     c = sub.add_parser("cpu")
+    c.add_argument("--model", default="s8-net")
     c.add_argument("--batch-size", type=int, default=128)
     c.add_argument("--images", type=int, default=5120, help="training images per pass")
     c.add_argument("--repeats", type=int, default=2)

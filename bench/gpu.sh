@@ -35,9 +35,12 @@ for step in "$@"; do
     tune-budget) study tune-budget studies/tune/budget.toml --jobs 4 ;;
     normalization) study normalization studies/normalization.toml --seeds 5 ;;
     keras) study keras-cifar10 studies/keras-cifar10.toml --seeds 3 --jobs 3 ;;
-    bench)  # studies/budget.toml + bench/s8.toml, 5 seeds each, resumable in $W/bench
-      python3 bench/bench.py gpu --out "$W/bench" | tee "$OUT/bench.txt"; pack bench
-      python3 bench/summary.py "$W/bench/budget" "$W/bench/bench-s8" | tee -a "$OUT/summary.txt" ;;
+    bench)  # budget-net (the tune-budget winners if that step ran, else studies/budget.toml) + bench/s8.toml,
+            # 5 seeds each, resumable in $W/bench
+      tuned=(); rows=budget
+      [ -f "$W/tune-budget/store.sqlite" ] && tuned=(--tuned "$W/tune-budget") && rows=budget-tuned
+      python3 bench/bench.py gpu --out "$W/bench" "${tuned[@]}" | tee "$OUT/bench.txt"; pack bench
+      python3 bench/summary.py "$W/bench/$rows" "$W/bench/bench-s8" | tee -a "$OUT/summary.txt" ;;
     *) echo "unknown step $step" ;;
   esac
 done
