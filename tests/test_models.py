@@ -308,3 +308,24 @@ def test_check_budget_passes_at_the_limit_and_fails_one_over():
     assert check_budget(model, None) == S8_NET
     with pytest.raises(BudgetError, match="1 over the budget of 47,959"):
         check_budget(model, S8_NET - 1, "s8-net")
+
+
+def test_budget_net_whitening_stem_is_frozen_and_whitens_patches_of_the_data():
+    model = create_model("budget-net", whiten=True)
+    stem = model.stem.conv
+    assert not stem.weight.requires_grad
+    assert count_params(model, trainable=False) == 24 * 3 * 2 * 2
+    assert count_params(model) <= 50_000
+    g = torch.Generator().manual_seed(0)
+    # Correlated "images": smooth noise, so neighbouring pixels and channels share most of their signal.
+    images = F.avg_pool2d(torch.randn(200, 3, 35, 35, generator=g), 4, stride=1)
+    images = images + 0.5 * images.mean(1, keepdim=True)
+    model.init_from_data(images)
+    out = F.conv2d(images, stem.weight[:12])  # the 12 whitening filters (the other 12 are negatives)
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1)
+    cov = flat @ flat.T / flat.shape[1]
+    # Whitened: unit variance (up to the eps added to the eigenvalues), no correlation between filters.
+    assert torch.allclose(cov, torch.diag(torch.diag(cov)), atol=0.02)
+    assert torch.diag(cov).min() > 0.5 and torch.diag(cov).max() < 1.01
+    assert torch.equal(stem.weight[12:], -stem.weight[:12])
+    assert model(images[:2, :, :32, :32]).shape == (2, 10)

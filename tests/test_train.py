@@ -270,6 +270,18 @@ def test_alternating_flip_trains_reproducibly_and_differs_from_random_flips(tiny
     assert without_timings(alt.rows) != without_timings(rand.rows)
 
 
+def test_the_trainer_initialises_a_whitening_stem_from_the_training_images_and_keeps_it_frozen(tiny_splits):
+    from cifarlab.train import DATA_INIT_IMAGES
+
+    options = {"whiten": True, "w1": 8, "w2": 8, "w3": 8}
+    model, h = fit(tiny_splits, small_cfg(epochs=1, ema=0.9), options, name="budget-net")
+    expected = create_model("budget-net", **options)
+    x = tiny_splits.train.x
+    expected.init_from_data(x[:: max(1, len(x) // DATA_INIT_IMAGES)][:DATA_INIT_IMAGES])
+    assert torch.equal(model.stem.conv.weight, expected.stem.conv.weight)  # set from data, then never trained
+    assert math.isfinite(h.final["train_loss"])
+
+
 def test_a_non_positive_norm_lr_scale_is_refused():
     from cifarlab.config import validate
     from cifarlab.errors import ConfigError

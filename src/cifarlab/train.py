@@ -43,6 +43,8 @@ class History:
         return self.rows[-1] if self.rows else {}
 
 
+DATA_INIT_IMAGES = 2000  # training images a model's data-dependent init sees (always the same ones)
+
 # --compile value -> torch.compile mode (None = eager). reduce-overhead adds CUDA graphs.
 COMPILE_MODES = {"off": None, "on": "default", "reduce-overhead": "reduce-overhead", "max-autotune": "max-autotune"}
 
@@ -182,6 +184,10 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         keep_freed_memory()
         model = model.to(device)
     data = data.to(device)
+    init_from_data = getattr(model, "init_from_data", None)
+    if init_from_data is not None:  # e.g. budget-net's whitening stem; before warm-up saves the weights
+        # Evenly strided, so a class-ordered training set still gives every class its share.
+        init_from_data(data.train.x[:: max(1, len(data.train) // DATA_INIT_IMAGES)][:DATA_INIT_IMAGES])
     autocast = autocast_for(device, cfg.precision)
     mode = COMPILE_MODES[cfg.compile] if cfg.compile != "auto" else ("default" if use_cuda else None)
     compiled = mode is not None
