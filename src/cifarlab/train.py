@@ -349,4 +349,5 @@ def _warm_up(model, net, data: DataSplits, cfg: TrainConfig, bs: int, autocast, 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' if n != 1 else ''})"

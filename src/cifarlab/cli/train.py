@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"final test accuracy {final['test_acc']:.4f}"
           + (f" (flip TTA {final['test_acc_tta']:.4f}, 6-view TTA {final['test_acc_tta6']:.4f})"
              if "test_acc_tta6" in final else "")
-          + f" - {meta['params']:,} params - {meta['train_seconds']:.1f}s on {meta['device']}"
+          + f" - {meta['params']:,} trainable params"
+          + (f" (+{meta['non_trainable_params']:,} frozen)" if meta.get("non_trainable_params") else "")
+          + f" - {meta['train_seconds']:.1f}s on {meta['device']}"
           + (f" (+{meta['warmup_seconds']:.1f}s compile/warm-up)" if meta.get("warmup_seconds") else ""))
     print(f"results: {out}/")
     return 0
