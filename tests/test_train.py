@@ -290,6 +290,15 @@ def test_a_non_positive_norm_lr_scale_is_refused():
         validate(RunConfig(train=TrainConfig(optim=OptimConfig(norm_lr_scale=0.0))))
 
 
+def test_alternating_flip_without_flips_is_refused_not_ignored():
+    from cifarlab.config import validate
+    from cifarlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="alt_flip needs augment flip or crop"):
+        validate(RunConfig(train=TrainConfig(augment="none", alt_flip=True)))
+    validate(RunConfig(train=TrainConfig(augment="flip", alt_flip=True)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Schedules
 

@@ -167,6 +167,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         (t.epochs > 0, f"epochs must be > 0, got {t.epochs}"),
         (t.batch_size > 0, f"batch size must be > 0, got {t.batch_size}"),
         (t.augment in AUGMENTS, f"unknown augment '{t.augment}' (choose from {', '.join(AUGMENTS)})"),
+        (not t.alt_flip or t.augment != "none", "alt_flip needs augment flip or crop (augment is 'none')"),
         (o.lr > 0, f"learning rate must be > 0, got {o.lr}"),
         (o.norm_lr_scale > 0, f"norm lr scale must be > 0, got {o.norm_lr_scale}"),
         (t.precision in ("auto", "bf16", "fp32"), f"unknown precision '{t.precision}' (auto, bf16, fp32)"),

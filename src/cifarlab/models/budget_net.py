@@ -4,12 +4,13 @@ stem 3x3 conv -> three stages of [conv3x3 -> maxpool2 -> norm -> act -> conv3x3 
 -> global max-pool -> linear. Pooling right after the first conv of a stage halves the cost of
 the norm/act that follow; global max-pool (not average) measured better at this width.
 
-Two options spend compute, not parameters (the budget counts parameters only):
+Options beyond widths and norm (the budget counts trainable parameters only):
 - `pool="late"` pools after the second conv of each stage instead of the first, so that conv sees
   4x the positions (about 1.7x the FLOPs of the net, same parameter count).
 - `whiten=True` replaces the 3x3 stem by a frozen 2x2 conv whose 24 filters whiten image patches
   (set from the training images before training; see `WhiteningStem`), then norm + act. Its 288
-  weights are fixed, so they are non-trainable parameters outside the trainable budget.
+  weights are fixed, so they are non-trainable parameters outside the trainable budget. The stem
+  is then 24 channels wide whatever `stem` says.
 - `dirac=True` starts every conv with at least as many outputs as inputs as an identity map on
   its first `c_in` filters (the rest keep the default init), so early training passes the input
   through instead of noise; known to speed up short runs of plain nets.
