@@ -43,7 +43,7 @@ name = "bn-slow"
 [[experiments]]
 name = "bn-fast"
 model = {{ options = {{ pool = "late" }} }}
-train = {{ alt_flip = true, optim = {{ lr = 0.5 }} }}
+train = {{ alt_flip = true, augment = "flip", optim = {{ lr = 0.5 }} }}
 [[experiments]]
 name = "gn"
 model = {{ options = {{ norm = "gn" }} }}

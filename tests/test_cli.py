@@ -188,7 +188,7 @@ def test_train_writes_a_complete_run_and_never_overwrites_it_by_accident(cli, ti
 def test_budget_net_tricks_reach_the_run_config(cli, tiny_folder, tmp_path):
     out = tmp_path / "tricks"
     result = train(cli, tiny_folder.root, out, "--model", "budget-net", "-O", "pool=late", "-O", "dirac=true",
-                   "--alt-flip", "--norm-lr-scale", "4", small=False)
+                   "--augment", "flip", "--alt-flip", "--norm-lr-scale", "4", small=False)
     assert result.code == 0, result.err
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["options"] == {"pool": "late", "dirac": True}
