@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from cifarlab.models import model_options  # noqa: E402
 from cifarlab.store import Store  # noqa: E402
 
 
@@ -32,7 +33,8 @@ def winners(tune_dir: str | Path) -> list[dict]:
         by_exp.setdefault(r.experiment, []).append(r)
     best: dict[str, dict] = {}
     for name, rs in by_exp.items():
-        norm = rs[0].config["model"]["options"].get("norm", "bn")
+        model = rs[0].config["model"]
+        norm = model["options"].get("norm", model_options(model["name"]).get("norm"))
         val = statistics.mean(r.val_acc for r in rs)
         if norm not in best or val > best[norm]["val"]:
             best[norm] = {"norm": norm, "experiment": name, "val": val, "n": len(rs), "config": rs[0].config}

@@ -66,13 +66,7 @@ def build_study(folder: Path, data_root: Path, experiments=EXPERIMENTS, seeds=SE
                                 train=TrainConfig(epochs=2, batch_size=64, seed=seed, device="cpu"))
                 run_dir = f"{exp}/seed-{seed}"
                 history = run_experiment(cfg, folder / run_dir, data=splits, log=None)
-                final, meta = history.final, history.meta
-                store.record(RunRecord(
-                    experiment=exp, seed=seed, run_dir=run_dir, model=cfg.model.name, params=meta["params"],
-                    epochs=len(history.rows), test_acc=final["test_acc"], train_acc=final["train_acc"],
-                    test_acc_tta=final.get("test_acc_tta"), val_acc=final.get("val_acc"),
-                    seconds=meta["train_seconds"], warmup_seconds=meta["warmup_seconds"], device=meta["device"],
-                    config=to_dict(cfg), history=history.rows))
+                store.record(RunRecord.of_run(exp, seed, run_dir, to_dict(cfg), history.rows, history.meta))
         store.set_meta(name="tiny-study", experiments=list(experiments), baseline="baseline",
                        descriptions={k: v[1] for k, v in experiments.items()}, spec="[study]\nname = 'tiny-study'\n",
                        budget={"max_params": 100_000, "max_epochs": 2}, val=0)
@@ -400,7 +394,8 @@ def test_interval_overlap():
 
 
 def _experiment(name: str, test: list[float], train: list[float], params: int = 50_000, desc: str = "") -> Experiment:
-    runs = [RunRecord(name, seed, f"{name}/seed-{seed}", "s8-net", params, 20, te, tr, None, None, 60.0, 1.0, "cpu")
+    runs = [RunRecord(name, seed, f"{name}/seed-{seed}", "s8-net", params, 20, 60.0, 1.0, "cpu",
+                      history=[{"epoch": 20, "test_acc": te, "train_acc": tr}])
             for seed, (te, tr) in enumerate(zip(test, train))]
     return Experiment(name, desc, runs)
 

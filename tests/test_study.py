@@ -99,17 +99,17 @@ train = { optim = { lr = 0.1 } }
     ("colour = 1", "", "experiments[0].colour: unknown key"),
     ("", "colour = 1", "colour: unknown key"),
     ("train = { epochs = 30 }", "", "experiments.bn.train.epochs: 30 epochs exceed the budget of 20"),
-    ("train = { epochs = 0 }", "", "epochs must be > 0"),
+    ("train = { epochs = 0 }", "", "experiments.bn.train.epochs: must be >= 1, got 0"),
     ("train = { batch_size = \"big\" }", "", "experiments.bn.train.batch_size: expected int"),
     ("train = { optim = { lr = \"fast\" } }", "", "experiments.bn.train.optim.lr: expected float"),
-    ("train = { optim = { momentun = 0.9 } }", "", "experiments.bn.train.optim: unknown key 'momentun'"),
+    ("train = { optim = { momentun = 0.9 } }", "", "experiments.bn.train.optim.momentun: unknown key"),
     ("model = { name = \"resnet-9000\" }", "", "unknown model 'resnet-9000'"),
-    ("model = { options = { norm = \"xn\" } }", "", "unknown norm 'xn'"),
+    ("model = { options = { norm = \"xn\" } }", "", "experiments.bn.model.options.norm: unknown value 'xn'"),
     ("model = { options = { depth = 3 } }", "", "has no option 'depth'"),
     ("model = { options = { width = 64 } }", "", "over the budget of 50,000"),
     ("", "seeds = 0", "seeds: must be >= 1"),
-    ("train = { optim = { schedule = \"cosine\" } }", "", "unknown schedule 'cosine'"),
-    ("train = { optim = { name = \"lion\" } }", "", "unknown optimizer 'lion'"),
+    ("train = { optim = { schedule = \"cosine\" } }", "", "experiments.bn.train.optim.schedule: unknown value 'cosine'"),
+    ("train = { optim = { name = \"lion\" } }", "", "experiments.bn.train.optim.name: unknown value 'lion'"),
 ])
 def test_spec_errors_name_file_and_key_before_training(tmp_path, tiny_data, capsys, body, extra_top, needle):
     spec_path = write_spec(tmp_path / "bad.toml", tiny_data, body, extra_top=extra_top)
@@ -280,16 +280,17 @@ model = { options = { norm = "gn" } }
 def test_pool_workers_keep_one_gpu_each_and_leave_explicit_devices_alone(monkeypatch):
     import queue
 
-    from cifarlab import study
-    from cifarlab.config import RunConfig, TrainConfig
+    import torch
 
+    from cifarlab import study
+    from cifarlab.train import resolve_device
+
+    monkeypatch.delenv("CIFARLAB_DEVICE", raising=False)  # also restores it after the test
+    assert resolve_device("auto") == torch.device("cpu")  # in-process runs on this CPU machine
     devices = queue.Queue()
-    for name in ("cuda:1", "cuda:0"):
+    for name in ("meta", "cpu"):  # stand-ins for cuda:1, cuda:0 on a machine with two GPUs
         devices.put(name)
-    monkeypatch.setattr(study, "_WORKER_DEVICE", None)
-    assert study._on_worker_device(RunConfig()).train.device == "auto"  # in-process runs: untouched
     study._init_worker(devices)  # what a fresh pool worker does once
-    assert study._on_worker_device(RunConfig()).train.device == "cuda:1"
-    assert study._on_worker_device(RunConfig()).train.device == "cuda:1"  # every task of that worker
-    pinned = RunConfig(train=TrainConfig(device="cpu"))
-    assert study._on_worker_device(pinned).train.device == "cpu"
+    assert resolve_device("auto") == torch.device("meta")  # every task of that worker
+    assert resolve_device("auto") == torch.device("meta")
+    assert resolve_device("cpu") == torch.device("cpu")  # an explicit device is left alone

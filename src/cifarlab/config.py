@@ -1,89 +1,194 @@
-"""Typed, frozen configuration. Defaults live here; unknown keys and wrong types are errors.
+"""Every setting, once: its type, default, allowed values or range, and help text.
 
-A run is fully described by `RunConfig` (data + model + training), which round-trips through
-`to_dict` / `run_config_from_dict` so a run directory can reproduce itself from `config.json`.
+The command-line flags (`cli/options.py`) and the study-spec parser (`study.py`) are built from
+these dataclasses, and every instance checks itself when it is made, so a setting is one line here
+plus the code that uses it. A run is fully described by `RunConfig`, which round-trips through
+`to_dict` / `from_dict`, so a run folder reproduces itself from its `config.json`.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Literal
 
 from cifarlab.errors import ConfigError
 
-AUGMENTS = ("none", "flip", "crop")  # crop = random translate (reflect-pad 4) + horizontal flip
-COMPILE_CHOICES = ("auto", "on", "off", "reduce-overhead", "max-autotune")
+Norm = Literal["bn", "gn", "ln", "none"]  # layers.norm_layer builds them; "none" only where a model allows it
+NORMS = typing.get_args(Norm)
+Augment = Literal["none", "flip", "crop"]  # crop = random translate (reflect-pad 4) + horizontal flip
+Optimizer = Literal["sgd", "adam", "adamw"]  # optim.OPTIMIZERS implements each
+Schedule = Literal["none", "step", "onecycle", "plateau", "linear"]  # optim.SCHEDULES implements each
+Precision = Literal["auto", "bf16", "fp32"]
+Compile = Literal["auto", "on", "off", "reduce-overhead", "max-autotune"]
+
+# Names the study folder uses for itself; a study or experiment may not take them.
+RESERVED_NAMES = ("store.sqlite", "report.html", "report.md", "report-files")
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    root: str | None = None  # None: $CIFARLAB_DATA, then ./data
-    download: bool = False
-    val: int = 0  # training images held out for validation (seeded, stratified)
-    subset: int = 0  # train on this many images only (0 = all); for quick CPU runs and tests
-    split_seed: int = 0  # fixes which images form the validation split / subset, apart from the run seed
+class SettingError(ConfigError):
+    """A value that breaks its setting's type, choices or range; `path` names the setting."""
+
+    def __init__(self, path: tuple[str, ...], problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(f"{self.key}: {problem}" if path else problem)
+
+    @property
+    def key(self) -> str:
+        """'train.optim.lr', 'experiments[2].name'."""
+        return "".join(p if p.startswith("[") or i == 0 else f".{p}" for i, p in enumerate(self.path))
+
+    def under(self, *prefix: str) -> "SettingError":
+        return SettingError(tuple(p for p in prefix if p) + self.path, self.problem)
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = "s8-net"
-    options: dict[str, Any] = field(default_factory=dict)  # passed to the model factory
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
+            ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+            check: Callable[[Any], str | None] | None = None, flag: str | None = None, metavar: str | None = None,
+            group: str | None = None, cli: bool = True) -> Any:
+    """A dataclass field with its help, bounds and CLI flag; `check(value)` returns a problem or None."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "check": check, "flag": flag,
+            "metavar": metavar, "group": group, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
-@dataclass(frozen=True)
-class OptimConfig:
-    # Defaults: the reference "modern recipe" for <= 50k-parameter nets (Nesterov SGD, linear
-    # warm-up/decay, decay 5e-4 on kernels) at batch 256; see BENCHMARKS.md for what it reaches.
-    name: str = "sgd"  # sgd | adam | adamw
-    lr: float = 0.4  # peak learning rate (for batch 256)
-    momentum: float = 0.9  # SGD momentum; Adam beta1
-    nesterov: bool = True
-    weight_decay: float = 5e-4  # optimiser decay on conv/linear kernels only (AdamW: decoupled)
-    schedule: str = "linear"  # none | step | onecycle | plateau | linear
-    step_epochs: int = 10  # step: multiply lr by gamma every step_epochs
-    gamma: float = 0.1  # step and plateau factor
-    patience: int = 2  # plateau: epochs without improvement of the monitored loss
-    warmup: float = 0.2  # linear/onecycle: fraction of all steps spent rising to the peak
-    final_lr: float = 0.0  # linear: lr at the last step, as a fraction of the peak
-    norm_lr_scale: float = 1.0  # lr multiplier for biases and norm parameters (never decayed)
+_BOUNDS = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
 
 
-@dataclass(frozen=True)
-class RegConfig:
-    # Keras `kernel_regularizer` semantics: lambda * sum(|w|) or lambda * sum(w^2) over the kernels
-    # of one layer group, added to the loss. Biases and norm parameters are never penalised.
-    l1_conv: float = 0.0
-    l1_dense: float = 0.0
-    l2_conv: float = 0.0
-    l2_dense: float = 0.0
-    label_smoothing: float = 0.1
+def bounds_text(meta: typing.Mapping[str, Any]) -> str:
+    """'> 0', 'in [0, 1)' ... for messages and help texts; '' when unbounded."""
+    lo = ("[", meta["ge"]) if meta.get("ge") is not None else ("(", meta["gt"]) if meta.get("gt") is not None else None
+    hi = ("]", meta["le"]) if meta.get("le") is not None else (")", meta["lt"]) if meta.get("lt") is not None else None
+    if lo and hi:
+        return f"in {lo[0]}{lo[1]:g}, {hi[1]:g}{hi[0]}"
+    if lo:
+        return f"{'>=' if lo[0] == '[' else '>'} {lo[1]:g}"
+    if hi:
+        return f"{'<=' if hi[0] == ']' else '<'} {hi[1]:g}"
+    return ""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 256
-    seed: int = 0
-    augment: str = "crop"  # none | flip | crop
-    alt_flip: bool = False  # mirror each image in every other epoch instead of at random
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    reg: RegConfig = field(default_factory=RegConfig)
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 autocast on cuda, fp32 on cpu) | bf16 | fp32
-    compile: str = "auto"  # auto (on for cuda) | on | off | reduce-overhead | max-autotune
-    tta: bool = False  # also report test accuracy with horizontal-flip test-time augmentation
-    ema: float = 0.0  # weight EMA decay per step (0 = off); evaluation then uses the EMA weights
-    eval_batch_size: int = 2000
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(map(str, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    max_params: int | None = None
+def check_value(value: Any, tp: Any) -> Any:
+    """`value` as type `tp` (an int is fine where a float is expected, a bool never is); raise SettingError."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        problems = []
+        for arg in args:
+            try:
+                return check_value(value, arg)
+            except SettingError as exc:
+                problems.append(exc)
+        raise problems[0]
+    if origin is Literal:
+        if isinstance(value, str) and value in typing.get_args(tp):
+            return value
+        raise SettingError((), f"unknown value {value!r} (choose from {', '.join(typing.get_args(tp))})")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise SettingError((), f"expected a table, got {value!r}")
+        return from_dict(tp, value)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise SettingError((), f"expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1]
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(check_value(v, item))
+            except SettingError as exc:
+                raise exc.under(f"[{i}]") from None
+        return tuple(out)
+    if origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+            if not math.isfinite(value):
+                raise SettingError((), f"must be a finite number, got {value}")
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp in (bool, str):
+        if isinstance(value, tp):
+            return value
+    elif tp is Any:
+        return value
+    raise SettingError((), f"expected {_type_name(tp)}, got {value!r}")
+
+
+def check_field(f: dataclasses.Field, value: Any, tp: Any) -> Any:
+    """Type, bounds and custom check of one field's value; SettingError names the field."""
+    try:
+        value = check_value(value, tp)
+        if value is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
+            for key, ok in _BOUNDS.items():
+                bound = f.metadata.get(key)
+                if bound is not None and not ok(value, bound):
+                    raise SettingError((), f"must be {bounds_text(f.metadata)}, got {value:g}")
+        check = f.metadata.get("check")
+        problem = check(value) if check is not None and value is not None else None
+        if problem:
+            raise SettingError((), problem)
+        return value
+    except SettingError as exc:
+        raise exc.under(f.name) from None
+
+
+class Settings:
+    """Base of every config dataclass: an instance checks its fields, then `problems()`, when made."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            object.__setattr__(self, f.name, check_field(f, getattr(self, f.name), hints[f.name]))
+        for name, problem in self.problems():
+            raise SettingError((name,), problem)
+
+    def problems(self) -> typing.Iterator[tuple[str, str]]:
+        """(field, problem) for settings that depend on each other; none by default."""
+        return iter(())
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass `cls` from a dict (JSON, TOML); errors name the key, under `where`."""
+    try:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise SettingError((key,), f"unknown key (known: {', '.join(known)})")
+        for name, f in known.items():
+            if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SettingError((name,), "missing")
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in data.items():
+            if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+                try:  # nested tables are built first so their errors carry their own path
+                    value = from_dict(hints[key], value)
+                except SettingError as exc:
+                    raise exc.under(key) from None
+            kwargs[key] = value
+        return cls(**kwargs)
+    except SettingError as exc:
+        raise exc.under(*where.split(".")) if where else exc from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -91,94 +196,197 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check_value(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (types.UnionType, typing.Union):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_value(value, arg, where)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return dict(value)
-    if tp is float:
-        # ints are fine where floats are expected (lr = 1), bools are not.
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is Any:
-        return value
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    """Build dataclass `cls` from a dict, naming the unknown key or wrong type in `where.key`."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(known))})")
-    kwargs = {key: _check_value(value, hints[key], f"{where}.{key}") for key, value in data.items()}
-    return cls(**kwargs)
-
-
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge two config dicts; tables merge key by key, other values are replaced."""
+    """Deep-merge two config dicts: tables merge key by key (model options too), other values are replaced."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
-            out[key] = merge(out[key], value)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
-        else:
-            out[key] = value
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
-def validate(cfg: RunConfig) -> RunConfig:
-    """Check value ranges that types alone cannot; raise ConfigError naming the field."""
-    t, o, d = cfg.train, cfg.train.optim, cfg.data
-    checks = [
-        (t.epochs > 0, f"epochs must be > 0, got {t.epochs}"),
-        (t.batch_size > 0, f"batch size must be > 0, got {t.batch_size}"),
-        (t.augment in AUGMENTS, f"unknown augment '{t.augment}' (choose from {', '.join(AUGMENTS)})"),
-        (not t.alt_flip or t.augment != "none", "alt_flip needs augment flip or crop (augment is 'none')"),
-        (o.lr > 0, f"learning rate must be > 0, got {o.lr}"),
-        (o.norm_lr_scale > 0, f"norm lr scale must be > 0, got {o.norm_lr_scale}"),
-        (t.precision in ("auto", "bf16", "fp32"), f"unknown precision '{t.precision}' (auto, bf16, fp32)"),
-        (t.compile in COMPILE_CHOICES, f"unknown compile mode '{t.compile}' ({', '.join(COMPILE_CHOICES)})"),
-        (0.0 <= t.ema < 1.0, f"ema must be in [0, 1), got {t.ema}"),
-        (d.val >= 0, f"val must be >= 0, got {d.val}"),
-        (d.subset >= 0, f"subset must be >= 0, got {d.subset}"),
-        (0.0 <= cfg.train.reg.label_smoothing < 1.0, "label smoothing must be in [0, 1)"),
-        (cfg.max_params is None or cfg.max_params > 0, f"max params must be > 0, got {cfg.max_params}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-    return cfg
+def leaves(cls: type, prefix: tuple[str, ...] = ()) -> typing.Iterator[tuple[tuple[str, ...], dataclasses.Field, Any]]:
+    """(path, field, type) of every non-table setting under dataclass `cls`, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from leaves(hints[f.name], prefix + (f.name,))
+        else:
+            yield prefix + (f.name,), f, hints[f.name]
+
+
+def folder_name_problem(name: str) -> str | None:
+    """Why `name` cannot be one folder inside a study folder, or None when it can."""
+    if not name or name in (".", ".."):
+        return f"'{name}' is not usable as a folder name"
+    if "/" in name or "\\" in name or name.startswith(".") or name.startswith("~"):
+        return f"'{name}' is not usable as a folder name (no path separators, no leading '.' or '~')"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"{name!r} is not usable as a folder name (control characters)"
+    if len(name.encode()) > 100:
+        return f"'{name[:20]}...' is too long for a folder name ({len(name.encode())} bytes, at most 100)"
+    if name.lower() in RESERVED_NAMES or name.endswith((".incomplete", ".lock")):
+        return f"'{name}' is a name the study folder uses for itself"
+    return None
+
+
+def _device_problem(name: str) -> str | None:
+    ok = re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name)
+    return None if ok else f"unknown device '{name}' (auto, cpu, cuda, cuda:N, mps)"
+
+
+# ---------------------------------------------------------------------------------------------
+# A run
+
+
+@dataclass(frozen=True)
+class DataConfig(Settings):
+    root: str | None = setting(None, "CIFAR-10 folder (default: $CIFARLAB_DATA, then ./data)", flag="--data",
+                               metavar="DIR", group="data")
+    download: bool = setting(False, "download CIFAR-10 into ./data if it is not found (needs torchvision)",
+                             group="data")
+    val: int = setting(0, "hold out N training images (seeded, stratified) for validation", ge=0, metavar="N",
+                       group="data")
+    subset: int = setting(0, "train on N images only (0 = all); for quick runs", ge=0, metavar="N", group="data")
+    split_seed: int = setting(0, "fixes which images form the validation split and subset, apart from --seed",
+                              ge=0, group="data")
+
+
+# Model options that have flags of their own; a model takes them only if its factory has them.
+@dataclass(frozen=True)
+class CommonModelOptions(Settings):
+    norm: Norm | None = setting(None, "normalisation; default: the model's", group="model")
+    groups: int | None = setting(None, "GroupNorm group count, with --norm gn; default: the model's", ge=1,
+                                 group="model")
+    dropout: float | None = setting(None, "dropout probability; default: the model's", ge=0, lt=1, group="model")
+
+
+@dataclass(frozen=True)
+class ModelConfig(Settings):
+    name: str = setting("s8-net", "model name (see `cifarlab models`)", flag="--model", metavar="NAME",
+                        group="model")
+    options: dict[str, Any] = setting(factory=dict, help="passed to the model factory", cli=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        common = {k: v for k, v in self.options.items() if k in CommonModelOptions.__dataclass_fields__}
+        try:  # the shared options carry their ranges in specs too, not only on the command line
+            CommonModelOptions(**common)
+        except SettingError as exc:
+            raise exc.under("options") from None
+
+
+@dataclass(frozen=True)
+class OptimConfig(Settings):
+    # Defaults: the reference "modern recipe" for <= 50k-parameter nets (Nesterov SGD, linear
+    # warm-up/decay, decay 5e-4 on kernels) at batch 256; see BENCHMARKS.md for what it reaches.
+    name: Optimizer = setting("sgd", "optimiser", flag="--optimizer", group="optimisation")
+    lr: float = setting(0.4, "peak learning rate", gt=0, group="optimisation")
+    momentum: float = setting(0.9, "SGD momentum; Adam beta1", ge=0, lt=1, group="optimisation")
+    nesterov: bool = setting(True, "Nesterov momentum (SGD)", group="optimisation")
+    weight_decay: float = setting(5e-4, "optimiser decay of conv/linear kernels (AdamW: decoupled)", ge=0,
+                                  group="optimisation")
+    schedule: Schedule = setting("linear", "learning-rate schedule", group="optimisation")
+    step_epochs: int = setting(10, "step: epochs between lr decays", ge=1, group="optimisation")
+    gamma: float = setting(0.1, "step and plateau: lr factor", gt=0, lt=1, group="optimisation")
+    patience: int = setting(2, "plateau: epochs without improvement of the monitored loss", ge=0,
+                            group="optimisation")
+    warmup: float = setting(0.2, "linear/onecycle: fraction of all steps spent rising to the peak", ge=0, le=1,
+                            group="optimisation")
+    final_lr: float = setting(0.0, "linear: lr at the last step, as a fraction of the peak", ge=0, le=1,
+                              group="optimisation")
+    norm_lr_scale: float = setting(1.0, "lr multiplier for biases and norm parameters (never decayed)", gt=0,
+                                   group="optimisation")
+
+    def problems(self):
+        if self.nesterov and self.momentum <= 0:
+            yield "nesterov", "nesterov needs momentum > 0"
+
+
+@dataclass(frozen=True)
+class RegConfig(Settings):
+    # Keras `kernel_regularizer` semantics: lambda * sum(|w|) or lambda * sum(w^2) over the kernels
+    # of one layer group, added to the loss. Biases and norm parameters are never penalised.
+    l1_conv: float = setting(0.0, "L1 penalty on conv kernels (Keras semantics)", ge=0, metavar="LAMBDA",
+                             group="regularisation")
+    l1_dense: float = setting(0.0, "L1 penalty on dense kernels", ge=0, metavar="LAMBDA", group="regularisation")
+    l2_conv: float = setting(0.0, "L2 penalty on conv kernels", ge=0, metavar="LAMBDA", group="regularisation")
+    l2_dense: float = setting(0.0, "L2 penalty on dense kernels", ge=0, metavar="LAMBDA", group="regularisation")
+    label_smoothing: float = setting(0.1, "label smoothing", ge=0, lt=1, group="regularisation")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Settings):
+    epochs: int = setting(20, "epochs to train", ge=1, group="optimisation")
+    batch_size: int = setting(256, "training batch size", ge=1, group="optimisation")
+    seed: int = setting(0, "run seed (model init, data order, augmentation)", ge=0, group="run")
+    augment: Augment = setting("crop", "training augmentation (crop = reflect-pad 4 + random crop + flip)",
+                               group="data")
+    alt_flip: bool = setting(False, "mirror each image in every other epoch (from a random start) instead of "
+                                    "at random", group="data")
+    optim: OptimConfig = setting(factory=OptimConfig)
+    reg: RegConfig = setting(factory=RegConfig)
+    device: str = setting("auto", "auto (cuda when available) | cpu | cuda | cuda:N", check=_device_problem,
+                          metavar="DEVICE", group="run")
+    precision: Precision = setting("auto", "auto = bf16 autocast on CUDA, fp32 on CPU", group="run")
+    compile: Compile = setting("auto", "torch.compile mode; auto = on with CUDA, off on CPU", group="run")
+    tta: bool = setting(False, "also report flip test-time-augmented accuracy (and 6 views at the end)",
+                        group="run")
+    ema: float = setting(0.0, "weight EMA decay per step (0 = off); evaluation then uses the EMA weights",
+                         ge=0, lt=1, group="regularisation")
+    eval_batch_size: int = setting(2000, "evaluation batch size", ge=1, group="run")
+
+    def problems(self):
+        if self.alt_flip and self.augment == "none":
+            yield "alt_flip", "alt_flip needs augment flip or crop (augment is 'none')"
+
+
+@dataclass(frozen=True)
+class RunConfig(Settings):
+    data: DataConfig = setting(factory=DataConfig)
+    model: ModelConfig = setting(factory=ModelConfig)
+    train: TrainConfig = setting(factory=TrainConfig)
+    max_params: int | None = setting(None, "refuse a model with more trainable parameters", gt=0, metavar="N",
+                                     group="run")
+
+
+# ---------------------------------------------------------------------------------------------
+# A study spec file (TOML): defaults for every run, then experiments that override them key by key
+
+
+@dataclass(frozen=True)
+class Budget(Settings):
+    max_params: int | None = setting(None, "most trainable parameters a model may have", gt=0)
+    max_epochs: int | None = setting(None, "most epochs a run may train", gt=0)
+
+
+@dataclass(frozen=True)
+class ExperimentEntry(Settings):
+    name: str = setting(help="experiment name (a folder of the study)", check=folder_name_problem)
+    description: str = setting("", "one line shown in the report")
+    baseline: bool = setting(False, "the experiment the others are compared with")
+    data: dict[str, Any] = setting(factory=dict, help="overrides of the study's [data] table")
+    model: dict[str, Any] = setting(factory=dict, help="overrides of the study's [model] table")
+    train: dict[str, Any] = setting(factory=dict, help="overrides of the study's [train] table")
+
+
+@dataclass(frozen=True)
+class SpecFile(Settings):
+    name: str | None = setting(None, "study name (default: the file's name); the folder runs/<name>",
+                               check=folder_name_problem)
+    description: str = setting("", "one line shown in the report")
+    seeds: int = setting(1, "seeds per experiment", ge=1)
+    budget: Budget = setting(factory=Budget)
+    data: dict[str, Any] = setting(factory=dict, help="DataConfig defaults for every experiment")
+    model: dict[str, Any] = setting(factory=dict, help="ModelConfig defaults for every experiment")
+    train: dict[str, Any] = setting(factory=dict, help="TrainConfig defaults for every experiment")
+    experiments: tuple[ExperimentEntry, ...] = setting(factory=tuple, help="the experiments, in report order")
+
+    def problems(self):
+        names = [e.name for e in self.experiments]
+        if not names:
+            yield "experiments", "the study lists no experiments"
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            yield "experiments", f"experiment '{twice[0]}' appears twice"
+        if sum(e.baseline for e in self.experiments) > 1:
+            yield "experiments", "more than one experiment says baseline = true"

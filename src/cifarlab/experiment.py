@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarlab.config import RunConfig, to_dict, validate
+from cifarlab.config import RunConfig, to_dict
+from cifarlab.console import log_line
 from cifarlab.data import DataSplits, load_cifar10, make_splits
 from cifarlab.models import check_budget, count_params, create_model
-from cifarlab.optim import check_optim
 from cifarlab.rundir import RunDir, check_free, code_version, save_checkpoint, write_history, write_json
-from cifarlab.train import History, autocast_for, log_line, predict, resolve_device, seed_everything, train
+from cifarlab.train import History, autocast_for, predict, resolve_device, seed_everything, train
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
@@ -47,10 +47,9 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
                    log: Callable[[str], None] | None = log_line) -> History:
     """Train one run and write `out/{config.json, history.csv, history.json, model.pt, predictions.npz}`.
 
-    Every check (config, model, budget, data) runs before the output folder is created.
+    Every check (config, model, budget, data) runs before the output folder is created; the config
+    checked itself when it was made.
     """
-    validate(cfg)
-    check_optim(cfg.train.optim)
     resolve_device(cfg.train.device)
     model = build_model(cfg)
     check_free(out, overwrite)  # before the data load, which can take a while on a first start

@@ -9,9 +9,14 @@ from typing import Callable
 
 from torch import nn
 
+from cifarlab.config import NORMS
 from cifarlab.errors import ConfigError
 
 NormFactory = Callable[[int], nn.Module]
+
+# What a model that takes `norm` / `groups` uses unless told otherwise.
+DEFAULT_NORM = "bn"
+DEFAULT_GROUPS = 4  # GroupNorm groups; see _group_norm for widths it does not divide
 
 
 def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -27,7 +32,7 @@ def _layer_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(1, channels)
 
 
-def norm_layer(kind: str, groups: int = 4) -> NormFactory | None:
+def norm_layer(kind: str, groups: int = DEFAULT_GROUPS) -> NormFactory | None:
     """Return a `norm(C) -> nn.Module` factory for 'bn', 'gn', 'ln', or None for 'none'."""
     factories: dict[str, NormFactory | None] = {
         "bn": nn.BatchNorm2d,
@@ -36,13 +41,11 @@ def norm_layer(kind: str, groups: int = 4) -> NormFactory | None:
         "none": None,
     }
     if kind not in factories:
-        raise ConfigError(f"unknown norm '{kind}' (choose from {', '.join(factories)})")
+        raise ConfigError(f"unknown norm '{kind}' (choose from {', '.join(NORMS)})")
     if groups < 1:
         raise ConfigError(f"GroupNorm groups must be >= 1, got {groups}")
     return factories[kind]
 
-
-NORMS = ("bn", "gn", "ln", "none")
 
 _ACTS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 

@@ -1,13 +1,14 @@
 """Optimiser and learning-rate schedule registries, and the Keras-style L1/L2 penalty."""
 from __future__ import annotations
 
+import typing
 from typing import Callable
 
 import torch
 from torch import nn
 
-from cifarlab.config import OptimConfig, RegConfig
-from cifarlab.errors import ConfigError
+from cifarlab.config import OptimConfig, Optimizer, RegConfig
+from cifarlab.config import Schedule as ScheduleName
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float, norm_lr_scale: float = 1.0) -> list[dict]:
@@ -27,24 +28,12 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float, norm_lr_scale
             {"params": no_decay, "weight_decay": 0.0, "lr": lr * norm_lr_scale}]
 
 
-def check_optim(o: OptimConfig) -> None:
-    """Raise ConfigError for an unknown optimizer or schedule, or Nesterov without momentum."""
-    if o.name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer '{o.name}' (choose from {', '.join(OPTIMIZERS)})")
-    if o.schedule not in SCHEDULES:
-        raise ConfigError(f"unknown schedule '{o.schedule}' (choose from {', '.join(SCHEDULES)})")
-    if o.nesterov and o.momentum <= 0:
-        raise ConfigError("nesterov needs momentum > 0")
-
-
 def _fast(device: torch.device) -> dict:
     # One fused kernel for the whole update on CUDA; multi-tensor (foreach) ops on CPU.
     return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
 
 def _sgd(groups, o: OptimConfig, device):
-    if o.nesterov and o.momentum <= 0:
-        raise ConfigError("nesterov needs momentum > 0")
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, **_fast(device))
 
 
@@ -56,13 +45,12 @@ def _adamw(groups, o: OptimConfig, device):
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.999), **_fast(device))
 
 
+# Keys are the names config.Optimizer allows (checked below): OptimConfig validates the name once.
 OPTIMIZERS: dict[str, Callable] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
 
 
 def create_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     """Build the optimiser named in `o` over `model`'s parameters."""
-    if o.name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer '{o.name}' (choose from {', '.join(OPTIMIZERS)})")
     return OPTIMIZERS[o.name](param_groups(model, o.weight_decay, o.lr, o.norm_lr_scale), o, device)
 
 
@@ -108,10 +96,12 @@ SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, OptimConfig, int, int], Sc
 }
 
 
+# The registries implement exactly the names the config allows.
+assert set(OPTIMIZERS) == set(typing.get_args(Optimizer)) and set(SCHEDULES) == set(typing.get_args(ScheduleName))
+
+
 def create_schedule(opt: torch.optim.Optimizer, o: OptimConfig, epochs: int, steps_per_epoch: int) -> Schedule:
     """Build the schedule named in `o` (steps_per_epoch = optimizer steps in one epoch)."""
-    if o.schedule not in SCHEDULES:
-        raise ConfigError(f"unknown schedule '{o.schedule}' (choose from {', '.join(SCHEDULES)})")
     return SCHEDULES[o.schedule](opt, o, epochs, steps_per_epoch)
 
 

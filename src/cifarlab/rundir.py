@@ -20,10 +20,7 @@ from torch import nn
 
 from cifarlab import __version__
 from cifarlab.errors import ConfigError
-
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                   "test_acc_tta", "test_acc_tta6", "lr", "seconds", "train_seconds")
-
+from cifarlab.metrics import COLUMNS
 
 def code_version() -> dict[str, str]:
     """cifarlab's version and, when run from a git checkout, the commit."""
@@ -48,7 +45,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_history(folder: Path, rows: list[dict], meta: dict) -> None:
     """history.csv (one row per epoch, fixed columns) and history.json (rows + run facts)."""
-    cols = [c for c in HISTORY_COLUMNS if any(c in r for r in rows)]
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
     tmp = folder / "history.csv.tmp"
     with tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")

@@ -7,34 +7,35 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from cifarlab.errors import CifarlabError
+from cifarlab.metrics import FINAL
 
 STORE_NAME = "store.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: one column per final metric in metrics.FINAL (version 1 had four, fixed)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
+# The run's facts; the final-epoch metrics (metrics.FINAL) follow as nullable REAL columns, so the
+# store can be queried with plain SQL (`SELECT experiment, avg(test_acc) FROM runs GROUP BY 1`).
+_RUN_COLUMNS = """
     experiment TEXT NOT NULL,
     seed INTEGER NOT NULL,
     run_dir TEXT NOT NULL,          -- relative to the study folder
     model TEXT NOT NULL,
     params INTEGER NOT NULL,
     epochs INTEGER NOT NULL,
-    test_acc REAL NOT NULL,         -- final epoch (never the best test epoch)
-    train_acc REAL NOT NULL,        -- final epoch, on the (augmented) training batches
-    test_acc_tta REAL,
-    val_acc REAL,
     seconds REAL NOT NULL,          -- training wall-clock, warm-up/compile excluded
     warmup_seconds REAL NOT NULL,
     device TEXT NOT NULL,
     config TEXT NOT NULL,           -- JSON of the resolved RunConfig
-    history TEXT NOT NULL,          -- JSON list of per-epoch rows
-    finished TEXT NOT NULL DEFAULT (datetime('now')),
+    history TEXT NOT NULL,          -- JSON list of per-epoch rows (metrics.COLUMNS)
+    finished TEXT NOT NULL DEFAULT (datetime('now')),"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs ({_RUN_COLUMNS}
+    {"".join(f"{m} REAL, " for m in FINAL)}
     PRIMARY KEY (experiment, seed)
 );
 """
@@ -46,26 +47,33 @@ class StoreError(CifarlabError):
 
 @dataclass
 class RunRecord:
+    """One finished run; `rec.test_acc` and the other metrics.FINAL names give its final-epoch values."""
+
     experiment: str
     seed: int
     run_dir: str
     model: str
     params: int
     epochs: int
-    test_acc: float
-    train_acc: float
-    test_acc_tta: float | None
-    val_acc: float | None
     seconds: float
     warmup_seconds: float
     device: str
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
-    def test_acc_tta6(self) -> float | None:
-        """6-view TTA accuracy (flip x 1-pixel shifts), measured at the final epoch only."""
-        return self.history[-1].get("test_acc_tta6") if self.history else None
+    @classmethod
+    def of_run(cls, experiment: str, seed: int, run_dir: str, config: dict[str, Any], rows: list[dict[str, Any]],
+               meta: dict[str, Any]) -> "RunRecord":
+        """The record of a finished run from its history rows and meta (train.History)."""
+        return cls(experiment, seed, run_dir, config["model"]["name"], meta["params"], len(rows), meta["train_seconds"],
+                   meta["warmup_seconds"], meta["device"], config, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: the final metrics, None where not measured.
+        if name in FINAL:
+            history = self.__dict__.get("history") or [{}]
+            return history[-1].get(name)
+        raise AttributeError(name)
 
 
 class Store:
@@ -82,8 +90,10 @@ class Store:
         try:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if tables and (version != SCHEMA_VERSION or not {"meta", "runs"} <= tables):
+            if tables and (version not in (1, SCHEMA_VERSION) or not {"meta", "runs"} <= tables):
                 raise StoreError(f"'{self.path}' is not a cifarlab study store (left untouched)")
+            if tables and version < SCHEMA_VERSION and create:
+                self._upgrade()
             if not tables and create:
                 with self.db:
                     self.db.executescript(_SCHEMA)
@@ -96,6 +106,15 @@ class Store:
         except StoreError:
             self.db.close()
             raise
+
+    def _upgrade(self) -> None:
+        """Add the metric columns a store written by an older cifarlab lacks (version 1 -> 2)."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+        with self.db:
+            for name in FINAL:
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} REAL")
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.db.close()
@@ -127,7 +146,7 @@ class Store:
 
     def record(self, rec: RunRecord) -> None:
         """Insert one finished run atomically."""
-        row = asdict(rec)
+        row = {**asdict(rec), **{name: getattr(rec, name) for name in FINAL}}
         row["config"] = json.dumps(rec.config)
         row["history"] = json.dumps(rec.history)
         cols = ", ".join(row)
@@ -137,7 +156,7 @@ class Store:
 
     def runs(self) -> list[RunRecord]:
         """Every finished run, ordered by experiment then seed."""
-        names = [f.name for f in RunRecord.__dataclass_fields__.values()]  # type: ignore[attr-defined]
+        names = [f.name for f in fields(RunRecord)]
         rows = self._query(f"SELECT {', '.join(names)} FROM runs ORDER BY experiment, seed")
         out = []
         for r in rows:

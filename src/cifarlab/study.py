@@ -1,9 +1,8 @@
 """Studies: a TOML spec -> experiments x seeds -> runs recorded in the study store, resumable.
 
-Spec layout (see studies/*.toml): top-level `name`, `description`, `seeds`; tables `budget`
-(max_params, max_epochs), `data`, `model`, `train` (with `train.optim`, `train.reg`) holding
-defaults; and `[[experiments]]`, each with `name`, `description`, optional `baseline = true`,
-and `model` / `data` / `train` tables that override the defaults key by key.
+The spec layout is `config.SpecFile` (see studies/*.toml): a name, seeds, a budget, `data` / `model`
+/ `train` tables of defaults, and `[[experiments]]` (`config.ExperimentEntry`) whose tables override
+the defaults key by key. Each experiment's merged tables are parsed as a `config.RunConfig`.
 """
 from __future__ import annotations
 
@@ -12,20 +11,15 @@ import shutil
 import time
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from cifarlab.config import RunConfig, from_dict, merge, to_dict, validate
+from cifarlab.config import Budget, RunConfig, SettingError, SpecFile, from_dict, merge, to_dict
+from cifarlab.console import log_line, plural
 from cifarlab.errors import CifarlabError, ConfigError
-from cifarlab.optim import check_optim
 from cifarlab.store import RunRecord, Store
-from cifarlab.train import log_line
-
-_TOP_KEYS = {"name", "description", "seeds", "budget", "data", "model", "train", "experiments"}
-_EXPERIMENT_KEYS = {"name", "description", "baseline", "data", "model", "train"}
-_BUDGET_KEYS = {"max_params", "max_epochs"}
 
 
 @dataclass(frozen=True)
@@ -41,8 +35,7 @@ class StudySpec:
     name: str
     description: str
     seeds: int
-    max_params: int | None
-    max_epochs: int | None
+    budget: Budget
     experiments: tuple[Experiment, ...]
     path: Path
     text: str
@@ -51,16 +44,13 @@ class StudySpec:
     def baseline(self) -> str | None:
         return next((e.name for e in self.experiments if e.baseline), None)
 
+    @property
+    def max_params(self) -> int | None:
+        return self.budget.max_params
 
-def _spec_error(path: Path, key: str, message: str) -> ConfigError:
-    return ConfigError(f"{path}: {key}: {message}")
-
-
-def _expect(value: Any, kind: type, path: Path, key: str) -> Any:
-    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-    if not ok:
-        raise _spec_error(path, key, f"expected {kind.__name__}, got {value!r}")
-    return value
+    @property
+    def max_epochs(self) -> int | None:
+        return self.budget.max_epochs
 
 
 def load_spec(path: str | Path) -> StudySpec:
@@ -70,63 +60,24 @@ def load_spec(path: str | Path) -> StudySpec:
         raise ConfigError(f"study spec '{path}' does not exist")
     text = path.read_text()
     try:
-        raw = tomllib.loads(text)
+        spec = from_dict(SpecFile, tomllib.loads(text))
+        experiments = tuple(_experiment(spec, entry) for entry in spec.experiments)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    for key in raw:
-        if key not in _TOP_KEYS:
-            raise _spec_error(path, key, f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
-    name = _expect(raw.get("name", path.stem), str, path, "name")
-    seeds = _expect(raw.get("seeds", 1), int, path, "seeds")
-    if seeds < 1:
-        raise _spec_error(path, "seeds", f"must be >= 1, got {seeds}")
-    budget = _expect(raw.get("budget", {}), dict, path, "budget")
-    for key in budget:
-        if key not in _BUDGET_KEYS:
-            raise _spec_error(path, f"budget.{key}", f"unknown key (known: {', '.join(sorted(_BUDGET_KEYS))})")
-    max_params = budget.get("max_params")
-    max_epochs = budget.get("max_epochs")
-    for key, value in (("max_params", max_params), ("max_epochs", max_epochs)):
-        if value is not None and (_expect(value, int, path, f"budget.{key}") <= 0):
-            raise _spec_error(path, f"budget.{key}", f"must be > 0, got {value}")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return StudySpec(spec.name or path.stem, spec.description, spec.seeds, spec.budget, experiments, path, text)
 
-    defaults = {k: _expect(raw.get(k, {}), dict, path, k) for k in ("data", "model", "train")}
-    experiments_raw = _expect(raw.get("experiments", []), list, path, "experiments")
-    if not experiments_raw:
-        raise _spec_error(path, "experiments", "the study lists no experiments")
-    experiments: list[Experiment] = []
-    for i, exp in enumerate(experiments_raw):
-        where = f"experiments[{i}]"
-        _expect(exp, dict, path, where)
-        for key in exp:
-            if key not in _EXPERIMENT_KEYS:
-                raise _spec_error(path, f"{where}.{key}",
-                                  f"unknown key (known: {', '.join(sorted(_EXPERIMENT_KEYS))})")
-        if "name" not in exp:
-            raise _spec_error(path, f"{where}.name", "missing")
-        ename = _expect(exp["name"], str, path, f"{where}.name")
-        if not ename or "/" in ename or ename.startswith("."):
-            raise _spec_error(path, f"{where}.name", f"'{ename}' is not usable as a folder name")
-        if any(e.name == ename for e in experiments):
-            raise _spec_error(path, f"{where}.name", f"'{ename}' appears twice")
-        where = f"experiments.{ename}"
-        merged = {k: merge(defaults[k], _expect(exp.get(k, {}), dict, path, f"{where}.{k}"))
-                  for k in ("data", "model", "train")}
-        try:
-            cfg = from_dict(RunConfig, {**merged, "max_params": max_params}, where)
-            validate(cfg)
-            check_optim(cfg.train.optim)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-        if max_epochs is not None and cfg.train.epochs > max_epochs:
-            raise _spec_error(path, f"{where}.train.epochs",
-                              f"{cfg.train.epochs} epochs exceed the budget of {max_epochs}")
-        experiments.append(Experiment(ename, str(exp.get("description", "")),
-                                      _expect(exp.get("baseline", False), bool, path, f"{where}.baseline"), cfg))
-    if sum(e.baseline for e in experiments) > 1:
-        raise _spec_error(path, "experiments", "more than one experiment says baseline = true")
-    return StudySpec(name, str(raw.get("description", "")), seeds, max_params, max_epochs,
-                     tuple(experiments), path, text)
+
+def _experiment(spec: SpecFile, entry) -> Experiment:
+    """An experiment's RunConfig: the spec's defaults, overridden key by key, within the budget."""
+    where = f"experiments.{entry.name}"
+    merged = {k: merge(getattr(spec, k), getattr(entry, k)) for k in ("data", "model", "train")}
+    cfg = from_dict(RunConfig, {**merged, "max_params": spec.budget.max_params}, where)
+    if spec.budget.max_epochs is not None and cfg.train.epochs > spec.budget.max_epochs:
+        raise SettingError((where, "train", "epochs"),
+                           f"{cfg.train.epochs} epochs exceed the budget of {spec.budget.max_epochs}")
+    return Experiment(entry.name, entry.description, entry.baseline, cfg)
 
 
 def check_models(spec: StudySpec) -> dict[str, int]:
@@ -143,8 +94,8 @@ def check_models(spec: StudySpec) -> dict[str, int]:
     return params
 
 
-def _with_seed(cfg: RunConfig, seed: int) -> RunConfig:
-    return from_dict(RunConfig, merge(to_dict(cfg), {"train": {"seed": seed}}))
+def with_seed(cfg: RunConfig, seed: int) -> RunConfig:
+    return replace(cfg, train=replace(cfg.train, seed=seed))
 
 
 def _comparable(cfg: dict) -> dict:
@@ -162,40 +113,23 @@ def run_dir_name(experiment: str, seed: int) -> str:
     return f"{experiment}/seed-{seed}"
 
 
-def _run_one(task: tuple[str, int, dict, str, int]) -> RunRecord:
+def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: int = 0) -> RunRecord:
     """Train one (experiment, seed) into its run folder; runs in a worker process when --jobs > 1."""
     import torch
 
     from cifarlab.experiment import run_experiment
 
-    experiment, seed, cfg_dict, folder, threads = task
     if threads:
         torch.set_num_threads(threads)
-    cfg = _on_worker_device(from_dict(RunConfig, cfg_dict))
     rel = run_dir_name(experiment, seed)
-    history = run_experiment(cfg, Path(folder) / rel, overwrite=True, log=None)
-    final, meta = history.final, history.meta
-    return RunRecord(
-        experiment=experiment, seed=seed, run_dir=rel, model=cfg.model.name, params=meta["params"],
-        epochs=len(history.rows), test_acc=final["test_acc"], train_acc=final["train_acc"],
-        test_acc_tta=final.get("test_acc_tta"), val_acc=final.get("val_acc"), seconds=meta["train_seconds"],
-        warmup_seconds=meta["warmup_seconds"], device=meta["device"], config=to_dict(cfg), history=history.rows)
-
-
-# The GPU a pool worker trains on, fixed once per process (see _execute): tying GPUs to workers,
-# not to task numbers, keeps two runs from sharing one GPU while another idles.
-_WORKER_DEVICE: str | None = None
+    history = run_experiment(cfg, folder / rel, overwrite=True, log=None)
+    return RunRecord.of_run(experiment, seed, rel, to_dict(cfg), history.rows, history.meta)
 
 
 def _init_worker(devices) -> None:
-    global _WORKER_DEVICE
-    _WORKER_DEVICE = devices.get()
-
-
-def _on_worker_device(cfg: RunConfig) -> RunConfig:
-    if _WORKER_DEVICE is None or cfg.train.device != "auto":
-        return cfg
-    return from_dict(RunConfig, merge(to_dict(cfg), {"train": {"device": _WORKER_DEVICE}}))
+    # One GPU per pool worker for the worker's life: tying GPUs to workers, not to task numbers,
+    # keeps two runs from sharing one GPU while another idles. "auto" reads it (train.resolve_device).
+    os.environ["CIFARLAB_DEVICE"] = devices.get()
 
 
 def _gpu_count() -> int:
@@ -222,31 +156,27 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
         finished = {(r.experiment, r.seed): r for r in store.runs()}
         for (name, seed), rec in finished.items():
             exp = next((e for e in spec.experiments if e.name == name), None)
-            if exp is not None and _comparable(to_dict(_with_seed(exp.config, seed))) != _comparable(rec.config):
+            if exp is not None and _comparable(to_dict(with_seed(exp.config, seed))) != _comparable(rec.config):
                 raise ConfigError(f"experiment '{name}' seed {seed} in '{folder}' was run with a different "
                                   f"configuration; use another --out (results there were left untouched)")
         store.set_meta(name=spec.name, description=spec.description, spec=spec.text, baseline=spec.baseline,
                        experiments=[e.name for e in spec.experiments],
                        descriptions={e.name: e.description for e in spec.experiments},
-                       budget={"max_params": spec.max_params, "max_epochs": spec.max_epochs},
+                       budget=to_dict(spec.budget),
                        val=max(e.config.data.val for e in spec.experiments), params=params)
-        tasks = []
-        for exp in spec.experiments:
-            for seed in range(n_seeds):
-                if (exp.name, seed) in finished:
-                    continue
-                cfg = _with_seed(exp.config, seed)
-                tasks.append((exp.name, seed, to_dict(cfg), str(folder)))
+        tasks = [(exp.name, seed, with_seed(exp.config, seed), folder)
+                 for exp in spec.experiments for seed in range(n_seeds) if (exp.name, seed) not in finished]
         total = len(spec.experiments) * n_seeds
-        log(f"study '{spec.name}': {total} runs ({len(spec.experiments)} experiments x {n_seeds} seeds), "
+        log(f"study '{spec.name}': {plural(total, 'run')} ({plural(len(spec.experiments), 'experiment')} x "
+            f"{plural(n_seeds, 'seed')}), "
             f"{total - len(tasks)} already finished, {len(tasks)} to run -> {folder}")
         _clear_stale(folder)
         started = time.perf_counter()
         for i, rec in enumerate(_execute(tasks, jobs), start=1):
             store.record(rec)
-            log(f"[{i}/{len(tasks)}] {rec.experiment} seed {rec.seed}: "
-                + (f"val {rec.val_acc:.4f} " if rec.val_acc is not None else "") + f"test {rec.test_acc:.4f} "
-                f"train {rec.train_acc:.4f} ({rec.seconds:.1f}s)")
+            scores = " ".join(f"{part} {getattr(rec, f'{part}_acc'):.4f}" for part in ("val", "test", "train")
+                              if getattr(rec, f"{part}_acc") is not None)
+            log(f"[{i}/{len(tasks)}] {rec.experiment} seed {rec.seed}: {scores} ({rec.seconds:.1f}s)")
         if tasks:
             log(f"done in {time.perf_counter() - started:.0f}s; report: cifarlab report {folder}")
     return folder
@@ -258,11 +188,11 @@ def _clear_stale(folder: Path) -> None:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _execute(tasks: list[tuple], jobs: int):
+def _execute(tasks: list[tuple[str, int, RunConfig, Path]], jobs: int):
     """Yield RunRecords as runs finish: in-process for one job, else a pool of spawned processes."""
     if jobs == 1 or len(tasks) <= 1:
         for task in tasks:
-            yield _run_one((*task, 0))
+            yield _run_one(*task)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = get_context("spawn")
@@ -274,7 +204,7 @@ def _execute(tasks: list[tuple], jobs: int):
             devices.put(f"cuda:{i % gpus}")
         pool_args = {"initializer": _init_worker, "initargs": (devices,)}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **pool_args) as pool:
-        futures = [pool.submit(_run_one, (*task, threads)) for task in tasks]
+        futures = [pool.submit(_run_one, *task, threads) for task in tasks]
         try:
             for future in as_completed(futures):
                 yield future.result()

@@ -20,15 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlab.config import TrainConfig
+from cifarlab.console import log_line
 from cifarlab.data import DataSplits, Split, alternating_flips, augment_batch
 from cifarlab.errors import ConfigError
 from cifarlab.malloc import keep_freed_memory
+from cifarlab.metrics import LOGGED
 from cifarlab.optim import create_optimizer, create_schedule, penalty, penalty_terms
-
-
-def log_line(line: str) -> None:
-    """Default logger: print and flush, so `| tee` and log files see each epoch as it ends."""
-    print(line, flush=True)
 
 
 @dataclass
@@ -50,9 +47,10 @@ COMPILE_MODES = {"off": None, "on": "default", "reduce-overhead": "reduce-overhe
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else must be usable here."""
+    """'auto' -> $CIFARLAB_DEVICE if set (a study worker's GPU), else cuda when available, else cpu;
+    anything else must be usable here."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = os.environ.get("CIFARLAB_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -142,16 +140,8 @@ class _EMA:
 
 
 def _epoch_line(row: dict, epochs: int, eta: float | None) -> str:
-    parts = [f"Epoch {row['epoch']}/{epochs}", f"{row['seconds']:.1f}s",
-             f"loss {row['train_loss']:.4f}", f"acc {row['train_acc']:.4f}"]
-    if "val_acc" in row:
-        parts += [f"val_loss {row['val_loss']:.4f}", f"val_acc {row['val_acc']:.4f}"]
-    parts += [f"test_loss {row['test_loss']:.4f}", f"test_acc {row['test_acc']:.4f}"]
-    if "test_acc_tta" in row:
-        parts.append(f"test_acc_tta {row['test_acc_tta']:.4f}")
-    if "test_acc_tta6" in row:
-        parts.append(f"test_acc_tta6 {row['test_acc_tta6']:.4f}")
-    parts.append(f"lr {row['lr']:.3g}")
+    parts = [f"Epoch {row['epoch']}/{epochs}", f"{row['seconds']:.1f}s"]
+    parts += [f"{m.label} {row[m.name]:{m.fmt}}" for m in LOGGED if m.name in row]
     if eta is not None and row["epoch"] < epochs:
         parts.append(f"~{int(eta // 60)}m{int(eta % 60):02d}s left")
     return " - ".join(parts)

@@ -1,24 +1,28 @@
-"""Flag groups shared by commands, and their translation into typed configs."""
+"""Command-line flags built from the config dataclasses, and their translation back into a RunConfig.
+
+Each flag's type, choices, default and help come from its field in `cifarlab.config`; nothing here
+restates them. A flag left out keeps the config default (argparse.SUPPRESS), so the dataclass is
+the one place a default lives.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-from typing import Any
+import types
+import typing
+from typing import Any, Literal
 
-from cifarlab.config import AUGMENTS, COMPILE_CHOICES, DataConfig, ModelConfig, OptimConfig, RegConfig, RunConfig, TrainConfig
+from cifarlab.config import CommonModelOptions, ModelConfig, RunConfig, SettingError, bounds_text, from_dict, leaves
 from cifarlab.errors import ConfigError
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows '(default: X)' only where there is a default worth showing."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or not action.help:
-            return action.help
-        return super()._get_help_string(action)
+GROUPS = ("model", "data", "optimisation", "regularisation", "run")
+_RUN = "cfg:"  # dest prefix of the flags that map onto RunConfig fields
+_OPTION = "opt:"  # dest prefix of the flags that map onto model options (--norm, --groups, --dropout)
 
 
-# Model options with their own flags; any other option goes through --model-opt KEY=VALUE.
-MODEL_FLAGS = {"norm": str, "groups": int, "dropout": float}
+class HelpFormatter(argparse.HelpFormatter):
+    """Keeps help texts as written: they already say their default once."""
 
 
 def parse_value(text: str) -> Any:
@@ -42,82 +46,99 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_model_args(parser: argparse.ArgumentParser, positional: bool = False) -> None:
-    g = parser.add_argument_group("model")
-    if positional:
-        g.add_argument("model", help="model name (see `cifarlab models`)")
+def _flag(path: tuple[str, ...], f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + path[-1].replace("_", "-")
+
+
+def _help(f: dataclasses.Field, default: Any) -> str:
+    extras = [f"default: {default}"] if default is not None and default is not False and default != "" else []
+    if bounds_text(f.metadata):
+        extras.append(bounds_text(f.metadata))
+    text = f.metadata.get("help", "")
+    return f"{text} ({'; '.join(extras)})" if extras else text
+
+
+def _argument(group, dest: str, flag: str, f: dataclasses.Field, tp: Any, default: Any) -> None:
+    optional = typing.get_origin(tp) in (types.UnionType, typing.Union)
+    base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
+    kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": _help(f, default)}
+    if base is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif typing.get_origin(base) is Literal:
+        kwargs["choices"] = typing.get_args(base)
     else:
-        g.add_argument("--model", default="s8-net", help="model name (see `cifarlab models`; default s8-net)")
-    g.add_argument("--norm", help="normalisation: bn | gn | ln (| none where the model allows)")
-    g.add_argument("--groups", type=int, help="GroupNorm group count (with --norm gn)")
-    g.add_argument("--dropout", type=float, help="dropout probability")
+        kwargs["type"] = base
+        kwargs["metavar"] = f.metadata.get("metavar") or {float: "X", int: "N"}.get(base, "TEXT")
+    group.add_argument(flag, **kwargs)
+
+
+def add_config_args(parser: argparse.ArgumentParser, model_only: bool = False) -> None:
+    """Every RunConfig setting as a flag, in groups (`model_only`: the model flags alone, for commands
+    that build a model but do not train). The model is named positionally or with --model."""
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    g = groups["model"]
+    name_field = ModelConfig.__dataclass_fields__["name"]
+    g.add_argument("model_pos", nargs="?", metavar="MODEL", help="the model, as a positional or with --model")
+    _argument(g, _RUN + "model.name", "--model", name_field, str, name_field.default)
+    for path, f, tp in leaves(CommonModelOptions):
+        _argument(g, _OPTION + path[-1], _flag(path, f), f, tp, None)
     g.add_argument("--model-opt", "-O", action="append", default=[], metavar="KEY=VALUE",
                    help="any other model option, e.g. -O skips=true -O width=40 (repeatable)")
+    if model_only:
+        return
+    for path, f, tp in leaves(RunConfig):
+        if path[0] == "model" or not f.metadata.get("cli", True):
+            continue
+        _argument(groups[f.metadata.get("group") or "run"], _RUN + ".".join(path), _flag(path, f), f, tp, f.default)
 
 
-def model_config(args: argparse.Namespace) -> ModelConfig:
-    options: dict[str, Any] = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+def _flag_of(path: tuple[str, ...]) -> str:
+    for p, f, _ in leaves(RunConfig):
+        if p == path:
+            return _flag(p, f)
+    return ".".join(path)
+
+
+def _nested(pairs: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs.items():
+        *parents, last = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return out
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {k[len(_OPTION):]: v for k, v in vars(args).items() if k.startswith(_OPTION)}
     for item in args.model_opt:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--model-opt expects KEY=VALUE, got '{item}'")
         options[key.replace("-", "_")] = parse_value(value)
-    return ModelConfig(name=args.model, options=options)
-
-
-def add_data_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("data")
-    g.add_argument("--data", metavar="DIR", help="CIFAR-10 folder (default: $CIFARLAB_DATA, then ./data)")
-    g.add_argument("--download", action="store_true", help="download CIFAR-10 into ./data if not found")
-    g.add_argument("--val", type=int, default=0, metavar="N", help="hold out N training images for validation")
-    g.add_argument("--subset", type=int, default=0, metavar="N", help="train on N images only (quick runs)")
-    g.add_argument("--augment", default=TrainConfig.augment, choices=AUGMENTS,
-                   help=f"none | flip | crop (reflect-pad 4 + flip; default {TrainConfig.augment})")
-    g.add_argument("--alt-flip", action="store_true",
-                   help="mirror each image in every other epoch (from a random start) instead of at random")
-
-
-def add_train_args(parser: argparse.ArgumentParser) -> None:
-    o, t, r0 = OptimConfig(), TrainConfig(), RegConfig()
-    g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=t.epochs)
-    g.add_argument("--batch-size", type=int, default=t.batch_size)
-    g.add_argument("--optimizer", default=o.name, help="sgd | adam | adamw")
-    g.add_argument("--lr", type=float, default=o.lr, help="(peak) learning rate")
-    g.add_argument("--momentum", type=float, default=o.momentum)
-    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=o.nesterov)
-    g.add_argument("--weight-decay", type=float, default=o.weight_decay, help="optimizer decay of conv/linear kernels")
-    g.add_argument("--schedule", default=o.schedule, help="none | step | onecycle | plateau | linear")
-    g.add_argument("--step-epochs", type=int, default=o.step_epochs, help="step: epochs between decays")
-    g.add_argument("--gamma", type=float, default=o.gamma, help="step/plateau: lr factor")
-    g.add_argument("--warmup", type=float, default=o.warmup, help="linear/onecycle: warm-up fraction")
-    g.add_argument("--final-lr", type=float, default=o.final_lr, help="linear: final lr / peak lr")
-    g.add_argument("--norm-lr-scale", type=float, default=o.norm_lr_scale,
-                   help="lr multiplier for biases and norm parameters")
-    r = parser.add_argument_group("regularisation")
-    for name in ("l1-conv", "l1-dense", "l2-conv", "l2-dense"):
-        r.add_argument(f"--{name}", type=float, default=0.0, metavar="LAMBDA",
-                       help=f"{name.split('-')[0].upper()} penalty on {name.split('-')[1]} kernels (Keras)")
-    r.add_argument("--label-smoothing", type=float, default=r0.label_smoothing)
-    r.add_argument("--ema", type=float, default=0.0, help="weight EMA decay per step (0 = off)")
-    x = parser.add_argument_group("run")
-    x.add_argument("--seed", type=int, default=0)
-    x.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    x.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
-    x.add_argument("--compile", default="auto", choices=COMPILE_CHOICES, help="auto = on with CUDA, off on CPU")
-    x.add_argument("--tta", action="store_true", help="also report flip test-time-augmented accuracy")
-    x.add_argument("--max-params", type=positive_int, metavar="N", help="refuse a model with more trainable parameters")
+    return options
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
-    optim = OptimConfig(name=args.optimizer, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
-                        weight_decay=args.weight_decay, schedule=args.schedule, step_epochs=args.step_epochs,
-                        gamma=args.gamma, warmup=args.warmup, final_lr=args.final_lr,
-                        norm_lr_scale=args.norm_lr_scale)
-    reg = RegConfig(l1_conv=args.l1_conv, l1_dense=args.l1_dense, l2_conv=args.l2_conv,
-                    l2_dense=args.l2_dense, label_smoothing=args.label_smoothing)
-    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
-                        alt_flip=args.alt_flip, optim=optim, reg=reg, device=args.device, precision=args.precision,
-                        compile=args.compile, tta=args.tta, ema=args.ema)
-    data = DataConfig(root=args.data, download=args.download, val=args.val, subset=args.subset)
-    return RunConfig(data=data, model=model_config(args), train=train, max_params=args.max_params)
+    """The RunConfig the flags describe: config defaults, overridden by the flags given."""
+    given = {k[len(_RUN):]: v for k, v in vars(args).items() if k.startswith(_RUN)}
+    positional = getattr(args, "model_pos", None)
+    if positional is not None:
+        if "model.name" in given and given["model.name"] != positional:
+            raise ConfigError(f"two models named: '{positional}' and --model '{given['model.name']}'")
+        given["model.name"] = positional
+    given["model.options"] = model_options(args)
+    try:
+        return from_dict(RunConfig, _nested(given))
+    except SettingError as exc:
+        if exc.path[:2] == ("model", "options"):
+            option = exc.path[2] if len(exc.path) > 2 else ""
+            flag = f"--{option}" if option in CommonModelOptions.__dataclass_fields__ else f"-O {option}"
+            raise ConfigError(f"{flag}: {exc.problem}") from None
+        raise ConfigError(f"{_flag_of(exc.path)}: {exc.problem}") from None
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    """The model the flags name, with its options."""
+    return run_config(args).model

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cifarlab.cli.common import add_model_args, model_config, positive_int
+from cifarlab.cli.common import HelpFormatter, add_config_args, model_config, positive_int
 from cifarlab.errors import BudgetError
 
 # Same as cifarlab.analysis.FORMATS; importing that here would load torch just to print --help.
@@ -26,8 +26,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("inspect", help="print a model's layers with shapes, receptive fields, parameters and MACs",
                        description="One row per layer of the real forward pass: kernel k, stride s, padding p, "
                                    "dilation d, map size N, jump J and receptive field R (input pixels), "
-                                   "output shape, parameters and multiply-accumulates.")
-    add_model_args(p, positional=True)
+                                   "output shape, parameters and multiply-accumulates.",
+                       formatter_class=HelpFormatter)
+    add_config_args(p, model_only=True)
     out = p.add_argument_group("output")
     out.add_argument("--input", type=input_shape, default=(3, 32, 32), metavar="CxHxW",
                      help="input image size (default 3x32x32)")
@@ -46,8 +47,11 @@ def run(args: argparse.Namespace) -> int:
     model = create_model(cfg.name, **cfg.options)
     print(format_table(layer_table(model, args.input), args.format))
     try:
-        check_budget(model, args.max_params, cfg.name)
+        n = check_budget(model, args.max_params, cfg.name)
     except BudgetError as exc:  # over budget is a verdict on the model, not a usage error: exit 1, not 2
         print(f"cifarlab {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    if args.max_params is not None:  # on stderr for csv/json, so their stdout stays machine-readable
+        print(f"within budget: {n:,} <= {args.max_params:,} trainable parameters",
+              file=sys.stdout if args.format in ("table", "markdown") else sys.stderr)
     return 0

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from cifarlab.cli.common import HelpFormatter, add_data_args, add_model_args, add_train_args, run_config
+from cifarlab.cli.common import HelpFormatter, add_config_args, run_config
 
 
 def add_parser(sub) -> None:
@@ -13,11 +13,9 @@ def add_parser(sub) -> None:
                        description="Train one model; writes OUT/{config.json, history.csv, history.json, "
                                    "model.pt, predictions.npz}.",
                        formatter_class=HelpFormatter)
-    add_model_args(p)
-    add_data_args(p)
-    add_train_args(p)
+    add_config_args(p)
     out = p.add_argument_group("output")
-    out.add_argument("--out", metavar="DIR", help="run folder; default runs/<model>-<date>-<time>")
+    out.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<date>-<time>)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=run)
 

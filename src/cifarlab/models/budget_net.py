@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cifarlab.errors import ConfigError
-from cifarlab.layers import NormFactory, act_layer, norm_layer
+from cifarlab.layers import DEFAULT_GROUPS, DEFAULT_NORM, NormFactory, act_layer, norm_layer
 from cifarlab.models.registry import register_model
 
 
@@ -116,7 +116,7 @@ class BudgetNet(nn.Module):
 
 
 @register_model("budget-net")
-def budget_net(norm: str = "bn", groups: int = 4, act: str = "gelu", stem: int = 20, w1: int = 24,
+def budget_net(norm: str = DEFAULT_NORM, groups: int = DEFAULT_GROUPS, act: str = "gelu", stem: int = 20, w1: int = 24,
                w2: int = 32, w3: int = 36, logit_scale: float = 1.0, pool: str = "early",
                dirac: bool = False, whiten: bool = False) -> nn.Module:
     """stem + 3 conv-pool-norm stages + global max-pool, <= 50k params, --norm bn|gn|ln."""

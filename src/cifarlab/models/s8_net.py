@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from cifarlab.layers import NormFactory, norm_layer
+from cifarlab.layers import DEFAULT_GROUPS, DEFAULT_NORM, NormFactory, norm_layer
 from cifarlab.models.registry import register_model
 
 
@@ -60,7 +60,7 @@ class S8Net(nn.Module):
 
 
 @register_model("s8-net")
-def s8_net(norm: str = "bn", groups: int = 4, dropout: float = 0.0, skips: bool = False,
+def s8_net(norm: str = DEFAULT_NORM, groups: int = DEFAULT_GROUPS, dropout: float = 0.0, skips: bool = False,
            width: int = 32) -> nn.Module:
     """C1 C2 c3 P1 C3 C4 C5 c6 P2 C7 C8 C9 GAP C10 with --norm bn|gn|ln (about 48k params)."""
     # width=32: C1 16, C2 32, c3 16, C3-C5 28, c6 16, C7-C9 32 -> 47,504 conv weights + norms.
