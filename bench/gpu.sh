@@ -11,6 +11,7 @@
 #   cuda-paths     val split + EMA + TTA eagerly, s8-net compiled, a 2-process study with its report
 #   profile        bench/profile.py: budget-net BN whitening compiled and eager, s8-net BN compiled
 #   s8-default     s8-net BN, 20 epochs, flip TTA (issue 2)
+#   budget         studies/budget.toml, 5 seeds, 5 processes (budget-net BN/GN/LN, each norm's recipe)
 #   normalization  studies/normalization.toml, 5 seeds
 #   keras          studies/keras-cifar10.toml, 3 seeds
 #   tune-s8, tune-budget   recipe searches on a 5,000-image validation split
@@ -27,7 +28,7 @@ set -uo pipefail
 
 RESULTS=bench/out
 WORK=runs/gpu
-STEPS=(env fake speed cuda-paths profile s8-default normalization keras tune-s8 tune-budget bench)
+STEPS=(env fake speed cuda-paths profile s8-default budget normalization keras tune-s8 tune-budget bench)
 usage() { echo "usage: bash bench/gpu.sh [--results DIR] [--work DIR] STEP... (steps: ${STEPS[*]})"; }
 die() { echo "bench/gpu.sh: $*" >&2; exit 2; }
 args=()
@@ -56,7 +57,7 @@ export PYTHONPATH=$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 CI
 needs_cuda=()
 for step in "${args[@]}"; do [[ $step == env || $step == fake ]] || needs_cuda+=("$step"); done
 if [ ${#needs_cuda[@]} -gt 0 ] && ! "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
-  die "${needs_cuda[*]} need CUDA, and torch $("$PY" -c 'import torch; print(torch.__version__)') sees no GPU (env and fake run without one)"
+  die "needs CUDA for ${needs_cuda[*]}, and torch $("$PY" -c 'import torch; print(torch.__version__)') sees no GPU (only env and fake run without one)"
 fi
 mkdir -p "$RESULTS" "$WORK"
 
@@ -64,6 +65,7 @@ mkdir -p "$RESULTS" "$WORK"
 # (a study's name in its spec, or a run folder's name), where bench/tables.py looks them up.
 declare -A CMD=(
   [s8-default]="train --model s8-net --norm bn --epochs 20 --tta"
+  [budget]="study studies/budget.toml --seeds 5 --jobs 5"
   [normalization]="study studies/normalization.toml --seeds 5"
   [keras-cifar10]="study studies/keras-cifar10.toml --seeds 3 --jobs 3"
   [tune-s8]="study studies/tune/s8.toml --jobs 4"
@@ -82,7 +84,7 @@ session() {  # what the raw files do not say about themselves: written once per 
   commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit (with uncommitted changes)"
   for key in "${!CMD[@]}"; do cmds+=("$key=cifarlab ${CMD[$key]} --out $WORK/$key"); done
-  for key in budget budget-tuned bench-s8; do  # the studies bench/bench.py writes
+  for key in budget-tuned bench-s8; do  # the studies bench/bench.py writes (and "budget" without tune-budget)
     cmds+=("$key=python bench/bench.py gpu --out $WORK/bench (--tuned $WORK/tune-budget when it ran)")
   done
   for key in "${!PROFILE[@]}"; do cmds+=("profile:$key=python bench/profile.py --name $key -- ${PROFILE[$key]}"); done
@@ -152,6 +154,7 @@ print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA de
       done ;;
     s8-default) cl ${CMD[s8-default]} --out "$WORK/s8-default" --overwrite | tee "$RESULTS/s8-default.log"
                 pack s8-default ;;
+    budget) study budget ;;
     normalization) study normalization ;;
     keras) study keras-cifar10 ;;
     tune-s8) study tune-s8 ;;

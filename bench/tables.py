@@ -67,7 +67,9 @@ def load(folder: Path, scratch: Path) -> Results:
         for store_path in sorted(dest.rglob("store.sqlite")):
             with Store(store_path.parent, create=False) as store:
                 meta, records = store.meta(), store.runs()
-            res.studies[meta["name"]] = (meta, records)
+            # Two stores of one name (the budget step and bench/bench.py's untuned rows): keep both.
+            name = meta["name"] if meta["name"] not in res.studies else f"{meta['name']} ({archive.stem})"
+            res.studies[name] = (meta, records)
         for hist in sorted(dest.rglob("history.json")):
             if not any((p / "store.sqlite").exists() for p in hist.parents if p != dest.parent):
                 res.runs[hist.parent.name] = {"config": json.loads((hist.parent / "config.json").read_text()),
