@@ -249,7 +249,9 @@ def render(res: Results, command: str) -> str:
     if s.get("compile_modes"):
         out += ["", "### budget-net BN by compile mode, one 20-epoch run each, alone on the GPU", "",
                 _cmd(res, "compile-modes") + ". These two runs left no log or run folder; the figures are the "
-                "session's notes, kept in `session.toml`.", "",
+                "session's notes, kept in `session.toml`. Per step: training s / optimiser steps "
+                f"({s['compile_modes'][0]['epochs']} x {s['compile_modes'][0]['steps_per_epoch']}), the per-epoch "
+                "evaluation included.", "",
                 markdown(["`--compile`", "n", "training s", "ms per step", "compile s", "test %", "flip TTA %"],
                          compile_mode_rows(res))]
     if res.profiles:
