@@ -72,11 +72,12 @@ declare -A CMD=(
   [tune-budget]="study studies/tune/budget.toml --jobs 4"
 )
 # budget-net BN with the whitening stem at batch 512, and s8-net BN at its default batch 256. The
-# window (steps 210-249) holds no epoch end for either; 4 and 2 epochs leave an unprofiled epoch after it.
+# window (steps 210-249) lies inside epoch 3 of budget-net (97 steps per epoch) and epoch 2 of s8-net (195),
+# and 4 and 3 epochs leave a whole epoch after it, timed without the profiler.
 declare -A PROFILE=(
   [budget-on]="--model budget-net --norm bn -O whiten=true --epochs 4 --batch-size 512 --lr 0.8 --compile on"
   [budget-eager]="--model budget-net --norm bn -O whiten=true --epochs 4 --batch-size 512 --lr 0.8 --compile off"
-  [s8-on]="--model s8-net --norm bn --epochs 2 --compile on"
+  [s8-on]="--model s8-net --norm bn --epochs 3 --compile on"
 )
 
 session() {  # what the raw files do not say about themselves: written once per RESULTS folder

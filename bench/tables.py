@@ -264,8 +264,9 @@ def render(res: Results, command: str) -> str:
         out += ["", "GPU kernel time = the table's `Self CUDA time total` / steps recorded; launches = the "
                 "`cudaLaunchKernel`, `cuLaunchKernel`, `cudaLaunchKernelExC` and `cudaMemsetAsync` rows / steps; "
                 "cuDNN convolutions = `aten::cudnn_convolution` + `aten::convolution_backward` as a share of the "
-                "kernel time. Wall per step, profiler off = training s / optimiser steps of the same set-up's "
-                "unprofiled run (evaluation included)."]
+                "kernel time. Wall per step, profiler off = the last epoch's loop seconds / steps where "
+                "`bench/profile.py --json` measured it, else training s / optimiser steps of the run that "
+                "`session.toml` names as the same set-up without the profiler (evaluation included)."]
     rows = target_rows(res)
     if rows:
         out += ["", "### Against the targets", "",
