@@ -1,6 +1,6 @@
 """Every setting, once: its type, default, allowed values or range, and help text.
 
-The command-line flags (`cli/options.py`) and the study-spec parser (`study.py`) are built from
+The command-line flags (`cli/common.py`) and the study-spec parser (`study.py`) are built from
 these dataclasses, and every instance checks itself when it is made, so a setting is one line here
 plus the code that uses it. A run is fully described by `RunConfig`, which round-trips through
 `to_dict` / `from_dict`, so a run folder reproduces itself from its `config.json`.
