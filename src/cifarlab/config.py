@@ -73,6 +73,9 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 autocast on cuda, fp32 on cpu) | bf16 | fp32
     compile: str = "auto"  # auto (on for cuda) | on | off | reduce-overhead | max-autotune
+    # auto | on | off: capture the whole training step as one CUDA graph (issue 11). auto = off until
+    # the H100 measures compile + training time per mode; on a CPU, "on" warns and runs uncaptured.
+    cuda_graph: str = "auto"
     tta: bool = False  # also report test accuracy with horizontal-flip test-time augmentation
     ema: float = 0.0  # weight EMA decay per step (0 = off); evaluation then uses the EMA weights
     eval_batch_size: int = 2000

@@ -105,6 +105,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     x.add_argument("--device", default="auto", help="auto | cpu | cuda")
     x.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
     x.add_argument("--compile", default="auto", choices=COMPILE_CHOICES, help="auto = on with CUDA, off on CPU")
+    x.add_argument("--cuda-graph", default=t.cuda_graph, choices=("auto", "on", "off"),
+                   help="capture the whole training step as one CUDA graph (auto = off until measured)")
     x.add_argument("--tta", action="store_true", help="also report flip test-time-augmented accuracy")
     x.add_argument("--max-params", type=positive_int, metavar="N", help="refuse a model with more trainable parameters")
 
@@ -118,6 +120,6 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                     l2_dense=args.l2_dense, label_smoothing=args.label_smoothing)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
                         alt_flip=args.alt_flip, optim=optim, reg=reg, device=args.device, precision=args.precision,
-                        compile=args.compile, tta=args.tta, ema=args.ema)
+                        compile=args.compile, cuda_graph=args.cuda_graph, tta=args.tta, ema=args.ema)
     data = DataConfig(root=args.data, download=args.download, val=args.val, subset=args.subset)
     return RunConfig(data=data, model=model_config(args), train=train, max_params=args.max_params)
