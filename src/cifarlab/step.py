@@ -205,7 +205,7 @@ class TrainStep:
         return copy.deepcopy(self.model.state_dict())
 
     def restore(self, state: dict) -> None:
-        """Undo warm-up steps: weights, norm statistics, EMA copy, optimiser state, sums.
+        """Undo warm-up steps: weights, norm statistics, EMA copy, optimiser state (`start_epoch` zeroes the sums).
 
         In place, so a captured graph keeps its tensors. Zeroed optimiser state is a fresh one for
         SGD and Adam/AdamW (SGD's first step copies the gradient into its buffer: 0.9 * 0 + g = g);
@@ -223,6 +223,4 @@ class TrainStep:
                 for value in state_of_param.values():
                     if torch.is_tensor(value):
                         value.zero_()
-        self.loss_sum.zero_()
-        self.correct.zero_()
         self.model.train()
