@@ -192,6 +192,8 @@ class TrainStep:
     def uncapture(self) -> None:
         """Back to the host-driven step (after a failed capture): Python float learning rates."""
         self.graph = None
+        if self.device.type == "cuda":  # a capture that failed in capture_end() never restored the stream
+            torch.cuda.set_stream(torch.cuda.default_stream(self.device))
         if self._lrs is not None:
             for g, lr in zip(self.opt.param_groups, self._lrs):
                 g["lr"] = float(lr)
