@@ -84,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
               "--cpu profiles CPU time only", file=sys.stderr)
         return 2
     train_args = list(args.train_args)
+    if "--cuda-graph" in train_args and train_args[train_args.index("--cuda-graph") + 1:][:1] == ["on"]:
+        # A replayed graph runs the optimiser's kernels without calling optimizer.step(): no hook fires.
+        print("bench/profile.py: steps are marked by optimizer-step hooks, which a captured step "
+              "(--cuda-graph on) never calls; use bench/step_check.py for its timings", file=sys.stderr)
+        return 2
     tmp = None
     if "--out" not in train_args:
         tmp = tempfile.TemporaryDirectory(prefix="cifarlab-profile-")
@@ -96,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
                    schedule=schedule(wait=args.skip, warmup=args.warmup, active=args.steps, repeat=1))
     stamps: list[float] = []  # perf_counter at the end of each optimiser step
 
-    def mark(*_):
+    def mark(opt, *_):
+        if not any(p.grad is not None for g in opt.param_groups for p in g["params"]):
+            return  # the step plan's shadow optimiser (cifarlab.step.StepPlan) steps once, without gradients
         # Profiler step 0 is everything up to the end of training step 0 (set-up and compilation
         # included); step k >= 1 is training step k, so the schedule's indices are training steps.
         stamps.append(time.perf_counter())

@@ -334,6 +334,31 @@ def test_alternating_flips_mirror_every_image_in_every_other_epoch():
     assert 0 < int(e1.sum()) < 40  # the starting side is random per image
 
 
+@pytest.mark.parametrize("kind,alternating", [("crop", False), ("crop", True), ("flip", False), ("none", False)])
+@pytest.mark.parametrize("chunk", [1, 3, 5])
+def test_an_epoch_drawn_up_front_and_augmented_in_chunks_equals_batch_by_batch(kind, alternating, chunk):
+    from cifarlab.data import augment, draw_augment
+
+    batches, bs = 5, 8
+    x = batch(batches * bs)
+    flips = torch.rand(batches * bs, generator=seeded(9)) < 0.5 if alternating else None
+    # Batch by batch with the primitives, as the trainer augmented before issue 11: crop, then flip.
+    per_batch = {"none": lambda xb, g, m: xb, "flip": flip_batch,
+                 "crop": lambda xb, g, m: flip_batch(crop_batch(xb, g), g, m)}[kind]
+    gen = seeded(3)
+    expected = torch.cat([per_batch(x[b * bs:(b + 1) * bs], gen, None if flips is None else flips[b * bs:(b + 1) * bs])
+                          for b in range(batches)])
+    after_batches = torch.rand(1, generator=gen)  # the generator's state after the per-batch draws
+
+    gen = seeded(3)
+    draws = draw_augment(kind, batches, bs, gen, "cpu", flips)
+    parts = [augment(x[i * bs:(i + chunk) * bs], draws[i * bs:(i + chunk) * bs]) for i in range(0, batches, chunk)]
+    assert torch.equal(torch.cat(parts), expected)
+    assert torch.equal(torch.rand(1, generator=gen), after_batches)  # same numbers drawn, no more, no fewer
+    if kind != "none":
+        assert not torch.equal(expected, x)
+
+
 def test_augment_none_returns_the_batch_unchanged():
     x = batch(4)
     assert torch.equal(augment_batch(x, "none", seeded()), x)

@@ -24,6 +24,7 @@ Optimizer = Literal["sgd", "adam", "adamw"]  # optim.OPTIMIZERS implements each
 Schedule = Literal["none", "step", "onecycle", "plateau", "linear"]  # optim.SCHEDULES implements each
 Precision = Literal["auto", "bf16", "fp32"]
 Compile = Literal["auto", "on", "off", "reduce-overhead", "max-autotune"]
+Switch = Literal["auto", "on", "off"]
 
 # Names the study folder uses for itself; a study or experiment may not take them.
 RESERVED_NAMES = ("store.sqlite", "report.html", "report.md", "report-files")
@@ -329,6 +330,10 @@ class TrainConfig(Settings):
                           metavar="DEVICE", group="run")
     precision: Precision = setting("auto", "auto = bf16 autocast on CUDA, fp32 on CPU", group="run")
     compile: Compile = setting("auto", "torch.compile mode; auto = on with CUDA, off on CPU", group="run")
+    # auto = off until the H100 measures compile + training time per mode; on a CPU, "on" warns and
+    # runs uncaptured (issue 11).
+    cuda_graph: Switch = setting("auto", "capture the whole training step (forward, backward, update, EMA, "
+                                         "metrics) as one CUDA graph; auto = off until measured", group="run")
     tta: bool = setting(False, "also report flip test-time-augmented accuracy (and 6 views at the end)",
                         group="run")
     ema: float = setting(0.0, "weight EMA decay per step (0 = off); evaluation then uses the EMA weights",

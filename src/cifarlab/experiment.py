@@ -13,7 +13,7 @@ from cifarlab.console import log_line
 from cifarlab.data import DataSplits, load_cifar10, make_splits
 from cifarlab.models import check_budget, count_params, create_model
 from cifarlab.rundir import RunDir, check_free, code_version, save_checkpoint, write_history, write_json
-from cifarlab.train import History, autocast_for, predict, resolve_device, seed_everything, train
+from cifarlab.train import History, resolve_device, seed_everything, train
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
@@ -30,16 +30,16 @@ def load_data(cfg: RunConfig) -> DataSplits:
     return make_splits(load_cifar10(d.root, d.download), val=d.val, subset=d.subset, seed=d.split_seed)
 
 
-def save_predictions(path: Path, model: nn.Module, data: DataSplits, tta: bool, precision: str = "auto") -> None:
+def save_predictions(path: Path, logits: torch.Tensor, labels: torch.Tensor) -> None:
     """Test-set class probabilities (float16) and labels, for confusion matrices and error grids.
 
-    Same precision as the run's own evaluation, so the grids agree with the reported accuracy.
+    `logits` are the run's own last test evaluation (`History.test_logits`: flip-TTA averaged with
+    --tta, EMA weights with --ema, the run's precision), so the grids agree with the reported
+    accuracy and the test set is not predicted a second time (~3.6 s per run on CPU).
     """
-    device = next(model.parameters()).device
-    logits = predict(model, data.test.x.to(device), tta=tta, autocast=autocast_for(device, precision))
-    probs = torch.softmax(logits, 1).cpu().numpy().astype(np.float16)
+    probs = torch.softmax(logits.float().cpu(), 1).numpy().astype(np.float16)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, probs=probs, labels=data.test.y.cpu().numpy().astype(np.int8))
+    np.savez_compressed(tmp, probs=probs, labels=labels.cpu().numpy().astype(np.int8))
     tmp.replace(path)
 
 
@@ -77,6 +77,6 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     write_history(rundir.stage, history.rows, history.meta)
     save_checkpoint(rundir.stage / "model.pt", model, config,
                     {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)})
-    save_predictions(rundir.stage / "predictions.npz", model, data, cfg.train.tta, cfg.train.precision)
+    save_predictions(rundir.stage / "predictions.npz", history.test_logits, data.test.y)
     rundir.commit()
     return history

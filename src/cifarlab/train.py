@@ -1,8 +1,10 @@
 """The one training loop: `train(model, data, cfg) -> History`.
 
-Hot loop rules: the data already sits on the training device, augmentation is done per batch
-there, and metrics accumulate in device tensors that are read once per epoch (no host sync
-inside an epoch on CUDA). The CPU path has the same semantics.
+Hot loop rules: the data already sits on the training device; each epoch's augmentation is drawn
+up front and applied in large chunks there; one `TrainStep` (step.py) does forward, backward,
+update, EMA and metric sums on the device, replayed as one CUDA graph when `cuda_graph` is on; the
+metrics are read once per epoch (no host sync inside an epoch on CUDA). The CPU path runs the same
+code, uncaptured.
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ from torch import nn
 
 from cifarlab.config import TrainConfig
 from cifarlab.console import log_line
-from cifarlab.data import DataSplits, Split, alternating_flips, augment_batch
+from cifarlab.data import DataSplits, Split, alternating_flips, augment, draw_augment
 from cifarlab.errors import ConfigError
 from cifarlab.malloc import keep_freed_memory
 from cifarlab.metrics import LOGGED
-from cifarlab.optim import create_optimizer, create_schedule, penalty, penalty_terms
+from cifarlab.optim import create_optimizer, penalty_terms
+from cifarlab.step import StepPlan, TrainStep
 
 
 @dataclass
@@ -34,6 +37,9 @@ class History:
 
     rows: list[dict] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    # (N, classes) float32 on the CPU: the test-set logits of the last evaluation (flip-TTA averaged
+    # when `tta` is on), i.e. of the weights the run ends with; predictions.npz is written from them.
+    test_logits: torch.Tensor | None = None
 
     @property
     def final(self) -> dict:
@@ -44,6 +50,14 @@ DATA_INIT_IMAGES = 2000  # training images a model's data-dependent init sees (a
 
 # --compile value -> torch.compile mode (None = eager). reduce-overhead adds CUDA graphs.
 COMPILE_MODES = {"off": None, "on": "default", "reduce-overhead": "reduce-overhead", "max-autotune": "max-autotune"}
+# With the whole step captured (cuda_graph on) inductor must not make CUDA graphs of its own: they
+# cannot be recorded inside another capture. reduce-overhead is then plain "on".
+GRAPHED_COMPILE_MODES = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+
+# Images augmented per chunk on CUDA: 8,192 (16 batches of 512) keeps the temporaries near 0.4 GB
+# and makes 7 chunks of ~6 kernels per epoch instead of 97 batches of ~6 launches at ~10 us of host
+# time each. On CPU one batch at a time, as before: no launch cost there, and the batch stays in cache.
+AUGMENT_CHUNK_IMAGES = 8192
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,7 +82,10 @@ def seed_everything(seed: int) -> None:
 def autocast_for(device: torch.device, precision: str):
     """A no-argument factory of the autocast context the run uses (bf16 on CUDA by default)."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    # No cast cache: it only saves re-casting a weight used twice in one forward (these nets use each
+    # once), and a cast cached outside a CUDA-graph capture must not be reused inside it.
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)) if use_bf16 \
+        else nullcontext
 
 
 def _translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -112,17 +129,31 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000, tta: bool
     return torch.cat(outs)
 
 
-def _evaluate(model, split: Split, cfg: TrainConfig, autocast, tta: bool, rich_tta: bool = False) -> dict:
+def _evaluate(model, split: Split, cfg: TrainConfig, autocast, tta: bool,
+              rich_tta: bool = False) -> tuple[dict, torch.Tensor]:
+    """Device-tensor metrics of `split`, and its logits (flip-TTA averaged when `tta`): no host sync."""
     logits = predict(model, split.x, cfg.eval_batch_size, False, autocast)
     out = {"loss": F.cross_entropy(logits, split.y), "acc": (logits.argmax(1) == split.y).float().mean()}
+    kept = logits
     for key, kind, wanted in (("acc_tta", "flip", tta), ("acc_tta6", "flip-shift", rich_tta)):
         if wanted:
-            out[key] = (predict(model, split.x, cfg.eval_batch_size, kind, autocast).argmax(1) == split.y).float().mean()
-    return out
+            view_logits = predict(model, split.x, cfg.eval_batch_size, kind, autocast)
+            out[key] = (view_logits.argmax(1) == split.y).float().mean()
+            if kind == "flip":
+                kept = view_logits
+    return out, kept
 
 
 class _EMA:
-    """Exponential moving average of the weights (buffers copied), for evaluation."""
+    """Exponential moving average of the weights (buffers copied), for evaluation.
+
+    Not torch.optim.swa_utils.AveragedModel + get_ema_multi_avg_fn (issue 12), which differs in three
+    ways: its first update copies the weights where this one already averages them with the initial
+    ones (so histories would move); it reads its `n_averaged` counter on the host twice per update
+    (`bool(n_averaged == 0)`, `if n_averaged > 0`), a sync per step that also makes CUDA-graph capture
+    of the step fail; and it copies buffers one tensor at a time. The update here is two foreach
+    kernels and lives inside the captured step.
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.model = copy.deepcopy(model).eval()
@@ -165,6 +196,8 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     """
     device = resolve_device(cfg.device)
     use_cuda = device.type == "cuda"
+    # auto stays off until the H100 measures which mode gives the shortest compile + training time.
+    graph = cfg.cuda_graph == "on"
     if use_cuda:
         torch.backends.cudnn.benchmark = True
         if device.index is not None:
@@ -180,6 +213,8 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         init_from_data(data.train.x[:: max(1, len(data.train) // DATA_INIT_IMAGES)][:DATA_INIT_IMAGES])
     autocast = autocast_for(device, cfg.precision)
     mode = COMPILE_MODES[cfg.compile] if cfg.compile != "auto" else ("default" if use_cuda else None)
+    if graph:
+        mode = GRAPHED_COMPILE_MODES.get(mode, mode)
     compiled = mode is not None
     if compiled:
         # Dynamo keeps at most 8 compiled variants per forward() code object across models; runs of a
@@ -192,76 +227,61 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     bs = min(cfg.batch_size, n)
     steps = n // bs  # drop the ragged last batch: one batch shape, no tiny noisy BN batch
     opt = create_optimizer(model, cfg.optim, device)
-    sched = create_schedule(opt, cfg.optim, cfg.epochs, steps)
-    terms = penalty_terms(model, cfg.reg)
-    smoothing = cfg.reg.label_smoothing
-
-    def forward_backward(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast():
-            out = net(xb)
-        loss = F.cross_entropy(out.float(), yb, label_smoothing=smoothing)
-        total = loss + penalty(terms) if terms else loss
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        return loss.detach(), out.detach()
+    plan = StepPlan(opt, cfg.optim, cfg.epochs, steps)
+    # The EMA copy exists before any warm-up step: a captured step holds its tensors.
+    ema = _EMA(model, cfg.ema) if cfg.ema else None
+    step = TrainStep(model, net, opt, ema, penalty_terms(model, cfg.reg), cfg.reg.label_smoothing, autocast,
+                     steps, device)
 
     warmup_seconds = 0.0
-    if compiled:
-        try:
-            warmup_seconds = _warm_up(model, net, data, cfg, bs, autocast, forward_backward, eval_too=not cfg.ema)
-        except Exception as exc:  # noqa: BLE001 - e.g. no C compiler for Triton, an op inductor cannot lower
-            # A run that cannot compile can still train: say so and go on eagerly (forward_backward
-            # reads `net` at call time, so rebinding it switches the loop over).
-            reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
-            if log is not None:
-                log(f"warning: torch.compile failed ({exc.__class__.__name__}: {reason}); training without it")
-            net, compiled = model, False
-            torch.compiler.reset()
-    if use_cuda and not compiled:
-        warmup_seconds = _warm_up(model, net, data, cfg, bs, autocast, forward_backward)
+    if compiled or use_cuda or graph:
+        compiled, warmup_seconds = _prepare(step, data, cfg, bs, autocast, compiled, graph, plan, log)
+        net = step.net
     seed_everything(cfg.seed)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
-    ema = _EMA(model, cfg.ema) if cfg.ema else None
     flip_bits = torch.rand(n, device=device, generator=gen) < 0.5 if cfg.alt_flip else None
+    chunk = max(1, AUGMENT_CHUNK_IMAGES // bs) if use_cuda else 1  # batches augmented at once
 
     history = History(meta={"device": _device_name(device), "train_images": n, "batch_size": bs,
-                            "steps_per_epoch": steps, "compiled": compiled, "warmup_seconds": warmup_seconds})
+                            "steps_per_epoch": steps, "compiled": compiled, "cuda_graph": step.graph is not None,
+                            "warmup_seconds": warmup_seconds})
     run_start = time.perf_counter()
     show_loss = not use_cuda  # reading the loss costs a host sync: only worth it on CPU
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
-        lr = opt.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        perm = torch.randperm(n, device=device, generator=gen)
+        rows = plan.rows(epoch)
+        step.start_epoch(rows)
+        # The epoch's randomness, in the order per-batch augmentation drew it: the order, the flips
+        # (alternating: no draws), then per batch the crop offsets and the flip mask.
+        order = torch.randperm(n, device=device, generator=gen)[: steps * bs]
+        flips = alternating_flips(flip_bits, order, epoch) if flip_bits is not None else None
+        draws = draw_augment(cfg.augment, steps, bs, gen, device, flips)
         with _progress(steps, f"epoch {epoch}/{cfg.epochs}") as bar:
-            for i in range(steps):
-                idx = perm[i * bs: (i + 1) * bs]
-                flips = alternating_flips(flip_bits, idx, epoch) if flip_bits is not None else None
-                xb = augment_batch(data.train.x[idx], cfg.augment, gen, flips)
-                yb = data.train.y[idx]
+            for first in range(0, steps, chunk):
+                part = slice(first * bs, min(steps, first + chunk) * bs)
+                xs = augment(data.train.x[order[part]], draws[part])  # (chunk * bs, 3, 32, 32)
+                ys = data.train.y[order[part]]
                 if use_cuda:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                loss, out = forward_backward(xb, yb)
-                opt.step()
-                sched.step_batch()
-                if ema is not None:
-                    ema.update(model)
-                loss_sum += loss * bs
-                correct += (out.argmax(1) == yb).sum()
-                bar.update(1)
-                if show_loss and not bar.disable and i % 20 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                    xs = xs.contiguous(memory_format=torch.channels_last)
+                for i in range(first, first + ys.shape[0] // bs):
+                    k = (i - first) * bs
+                    step.run(xs[k: k + bs], ys[k: k + bs], i)
+                    bar.update(1)
+                    if show_loss and not bar.disable and i % 20 == 0:
+                        bar.set_postfix(loss=f"{step.loss.item():.3f}")
+        if not plan.monitors and epoch < cfg.epochs:
+            plan.rows(epoch + 1)  # the next epoch's schedule, on the host while the device works
         if use_cuda:
             torch.cuda.synchronize(device)  # the one wait of the epoch, to time the loop apart from evaluation
         loop_seconds = time.perf_counter() - t0
         eval_model = ema.model if ema is not None else net
-        row = _epoch_row(epoch, loss_sum, correct, steps * bs, lr, eval_model, data, cfg, autocast)
+        row, history.test_logits = _epoch_row(epoch, step.loss_sum, step.correct, steps * bs, rows[0][0]["lr"],
+                                              eval_model, data, cfg, autocast)
         row["seconds"] = time.perf_counter() - t0
         row["train_seconds"] = loop_seconds
-        sched.step_epoch(row.get("val_loss", row["train_loss"]))  # plateau never watches the test set
+        plan.end_epoch(row.get("val_loss", row["train_loss"]))  # plateau never watches the test set
         history.rows.append(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -276,6 +296,8 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
             break
     if ema is not None:
         model.load_state_dict(ema.model.state_dict())
+    if history.test_logits is not None:
+        history.test_logits = history.test_logits.cpu()
     train_seconds = time.perf_counter() - run_start
     loop_seconds = sum(r["train_seconds"] for r in history.rows)
     # images/s counts the training loop only (augmentation, forward, backward, step), not evaluation.
@@ -284,14 +306,60 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     return history
 
 
-def _epoch_row(epoch, loss_sum, correct, seen, lr, model, data: DataSplits, cfg, autocast) -> dict:
+def _prepare(step: TrainStep, data: DataSplits, cfg: TrainConfig, bs: int, autocast, compiled: bool,
+             graph: bool, plan: StepPlan, log) -> tuple[bool, float]:
+    """Compile, autotune and capture before the timed epochs; (still compiled?, seconds taken).
+
+    Each of compiling and capturing that fails is reported in one line and dropped; the run then
+    starts from the untouched weights either way.
+    """
+    t0 = time.perf_counter()
+    use_cuda = step.device.type == "cuda"
+    xb, yb = data.train.x[:bs], data.train.y[:bs]
+    if use_cuda:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    state = step.snapshot()
+    try:
+        if compiled:
+            try:
+                _warm_up(step, data, cfg, xb, yb, autocast, eval_too=not cfg.ema)
+            except Exception as exc:  # noqa: BLE001 - e.g. no C compiler for Triton, an op inductor cannot lower
+                # A run that cannot compile can still train: say so and go on eagerly.
+                _warn(log, "torch.compile failed", exc, "training without it")
+                step.net, compiled = step.model, False
+                torch.compiler.reset()
+        if use_cuda and not compiled:  # cuDNN picks its algorithms on the first calls of each shape
+            _warm_up(step, data, cfg, xb, yb, autocast)
+        if graph:
+            try:
+                step.capture(xb, yb, plan.rows(1))
+            except Exception as exc:  # noqa: BLE001 - e.g. an op that syncs, a schedule that moves momentum
+                _warn(log, "CUDA graph capture failed", exc, "training without it")
+                step.uncapture()
+    finally:  # also when something fails half-way
+        step.restore(state)
+    if use_cuda:
+        torch.cuda.synchronize(step.device)
+    return compiled, time.perf_counter() - t0
+
+
+def _warn(log, what: str, exc: Exception, outcome: str) -> None:
+    """One line: what failed, the exception's first line, and what the run does instead."""
+    if log is not None:
+        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        log(f"warning: {what} ({exc.__class__.__name__}: {reason}); {outcome}")
+
+
+def _epoch_row(epoch, loss_sum, correct, seen, lr, model, data: DataSplits, cfg,
+               autocast) -> tuple[dict, torch.Tensor]:
+    """The epoch's history row and its test logits (see `History.test_logits`)."""
     # The single host sync of the epoch happens here, after the evaluation is queued too.
     metrics = {"train_loss": loss_sum / seen, "train_acc": correct.float() / seen}
     if data.val is not None:
-        ev = _evaluate(model, data.val, cfg, autocast, False)
+        ev, _ = _evaluate(model, data.val, cfg, autocast, False)
         metrics.update(val_loss=ev["loss"], val_acc=ev["acc"])
     # The 6-view TTA costs 6 passes over the test set: only at the last epoch.
-    ev = _evaluate(model, data.test, cfg, autocast, cfg.tta, rich_tta=cfg.tta and epoch == cfg.epochs)
+    ev, test_logits = _evaluate(model, data.test, cfg, autocast, cfg.tta, rich_tta=cfg.tta and epoch == cfg.epochs)
     metrics.update({f"test_{k}": v for k, v in ev.items()})
     values = torch.stack([v.float() for v in metrics.values()]).tolist()
     row = {"epoch": epoch}
@@ -299,41 +367,25 @@ def _epoch_row(epoch, loss_sum, correct, seen, lr, model, data: DataSplits, cfg,
     row["lr"] = float(lr)
     if not all(math.isfinite(row[k]) for k in ("train_loss", "test_loss")):
         row["diverged"] = True
-    return row
+    return row, test_logits
 
 
-def _warm_up(model, net, data: DataSplits, cfg: TrainConfig, bs: int, autocast, forward_backward,
-             eval_too: bool = True) -> float:
-    """Compile / autotune on throw-away forward+backward passes, then restore the weights: seconds.
+def _warm_up(step: TrainStep, data: DataSplits, cfg: TrainConfig, xb, yb, autocast, eval_too: bool = True) -> None:
+    """Compile / autotune on throw-away steps and evaluations; the caller restores the state.
 
-    Timing this apart keeps compilation out of the per-run figures. No optimizer step is taken,
-    so only norm running statistics change, and those are restored.
+    Full steps (forward, backward, optimiser, EMA), so that everything a step runs is compiled or
+    tuned before the timed epochs; `TrainStep.restore` then undoes them.
     """
-    state = copy.deepcopy(model.state_dict())
-    t0 = time.perf_counter()
-    try:
-        xb, yb = data.train.x[:bs], data.train.y[:bs]
-        if xb.is_cuda:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        model.train()
-        for _ in range(2):
-            forward_backward(xb, yb)
-        for split in (data.val, data.test) if eval_too else ():  # an EMA copy evaluates eagerly
-            if split is not None:
-                # Every batch shape evaluation will see (a full batch and the ragged last one), so no
-                # recompilation lands inside the timed epochs.
-                ragged = len(split) % cfg.eval_batch_size
-                for xs in (split.x[: cfg.eval_batch_size], split.x[len(split) - ragged:] if ragged else None):
-                    if xs is not None and len(xs):
-                        predict(net, xs, cfg.eval_batch_size, cfg.tta, autocast)
-        if xb.is_cuda:
-            torch.cuda.synchronize(xb.device)
-        return time.perf_counter() - t0
-    finally:  # also when compilation fails half-way: the run starts from the untouched weights
-        for p in model.parameters():
-            p.grad = None
-        model.load_state_dict(state)
-        model.train()
+    for _ in range(2):
+        step(xb, yb)
+    for split in (data.val, data.test) if eval_too else ():  # an EMA copy evaluates eagerly
+        if split is not None:
+            # Every batch shape evaluation will see (a full batch and the ragged last one), so no
+            # recompilation lands inside the timed epochs.
+            ragged = len(split) % cfg.eval_batch_size
+            for xs in (split.x[: cfg.eval_batch_size], split.x[len(split) - ragged:] if ragged else None):
+                if xs is not None and len(xs):
+                    predict(step.net, xs, cfg.eval_batch_size, cfg.tta, autocast)
 
 
 def _device_name(device: torch.device) -> str:
