@@ -7,8 +7,6 @@ import base64
 import contextlib
 import io
 import re
-import sys
-import types
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -241,54 +239,62 @@ def test_report_without_the_dataset_still_renders_and_says_so(study, tmp_path):
     assert "comparison" in page
 
 
-def _layer_blocks_html(records, monkeypatch, module: types.ModuleType | None) -> str:
-    from cifarlab.report.build import layer_table_blocks
-    from cifarlab.report.doc import Document, render_html
+def test_layer_table_is_the_one_cifarlab_inspect_prints(records):
+    from cifarlab.analysis import format_table, layer_table
+    from cifarlab.models import create_model
+    from cifarlab.report.doc import Document, render_markdown
+    from cifarlab.report.layers import layer_table_blocks
 
-    if module is not None:
-        monkeypatch.setitem(sys.modules, "cifarlab.analysis", module)
-    return render_html(Document("t", [], layer_table_blocks(records[0].config)))
-
-
-def test_layer_table_comes_from_cifarlab_analysis(records, monkeypatch):
-    fake = types.ModuleType("cifarlab.analysis")
-    fake.layer_table = lambda model, input_shape=(3, 32, 32): [("C1", sum(p.numel() for p in model.parameters()))]
-    fake.format_table = lambda table, fmt: ("| layer | params |\n|:---|---:|\n"
-                                            + "".join(f"| {n} | {p:,} |\n" for n, p in table) + "\n- total: ok\n")
-    page = _layer_blocks_html(records, monkeypatch, fake)
-    assert tables(page) == [[["layer", "params"], ["C1", f"{records[0].params:,}"]]]
-    assert "<li>total: ok</li>" in page
-
-
-def test_layer_table_failure_becomes_a_note(records, monkeypatch):
-    broken = types.ModuleType("cifarlab.analysis")
-
-    def layer_table(model, input_shape=(3, 32, 32)):
-        raise RuntimeError("shape mismatch")
-
-    broken.layer_table, broken.format_table = layer_table, lambda table, fmt: ""
-    page = _layer_blocks_html(records, monkeypatch, broken)
-    assert "Layer table unavailable (RuntimeError: shape mismatch)" in page
+    config = records[0].config
+    blocks = layer_table_blocks(config)
+    table = blocks[0]
+    align = {c.name: c.align for c in table.columns}
+    assert (align["layer"], align["output"], align["params"], align["R_out"]) == ("l", "l", "r", "r")
+    params = [int(row[list(align).index("params")].replace(",", "")) for row in table.rows]
+    assert sum(params) == records[0].params
+    # Same cells and totals as `cifarlab inspect MODEL --format markdown`; only the alignment rule differs.
+    inspect = format_table(layer_table(create_model(config["model"]["name"], **config["model"]["options"])),
+                           "markdown").splitlines()
+    markdown = render_markdown(Document("t", [], blocks), "files")[0]
+    report = markdown[markdown.index("| layer"):].strip().splitlines()
+    assert report[:1] + report[2:] == inspect[:1] + inspect[2:]
 
 
-def test_layer_table_without_the_analysis_module_becomes_a_note(records, monkeypatch):
-    monkeypatch.setitem(sys.modules, "cifarlab.analysis", None)  # import raises ImportError
-    page = _layer_blocks_html(records, monkeypatch, None)
-    assert re.search(r"Layer table unavailable \((ModuleNotFound|Import)Error", page)
+def test_layer_table_of_a_model_no_longer_registered_becomes_a_note():
+    from cifarlab.report.doc import Para
+    from cifarlab.report.layers import layer_table_blocks
+
+    [note] = layer_table_blocks({"model": {"name": "retired-net", "options": {}}})
+    assert isinstance(note, Para) and note.kind == "note"
+    assert note.text.startswith("Layer table unavailable (ConfigError: unknown model 'retired-net'")
+
+
+def test_a_bug_in_the_analysis_is_not_hidden_in_a_note(records, monkeypatch):
+    import cifarlab.analysis
+    from cifarlab.report.layers import layer_table_blocks
+
+    def broken(model, input_shape):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(cifarlab.analysis, "layer_table", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        layer_table_blocks(records[0].config)
+
+
+def test_a_row_with_a_cell_too_many_is_refused():
+    from cifarlab.report.doc import Column, Table
+
+    with pytest.raises(ValueError, match="need 2 cells"):
+        Table([Column("experiment", "l"), Column("n")], [["bn", "3"], ["ln", "3", "extra"]])
 
 
 def test_report_shows_each_models_layer_table(report):
     page = report[0].read_text()
     details = re.findall(r"<details>.*?</details>", page, re.S)
     assert len(details) == len(EXPERIMENTS)
-    try:
-        import cifarlab.analysis  # noqa: F401
-    except ImportError:
-        assert all("Layer table unavailable" in d for d in details)
-    else:
-        for d in details:
-            header = tables(d)[0][0]
-            assert "params" in header and any(c.startswith("R") for c in header)  # receptive field column
+    for d in details:
+        header = tables(d)[0][0]
+        assert "params" in header and any(c.startswith("R") for c in header)  # receptive field column
 
 
 # ---------------------------------------------------------------------------------------------
