@@ -10,10 +10,11 @@ never read here: the store's test figures are ignored.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
+
+import tomli_w
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -42,34 +43,25 @@ def winners(tune_dir: str | Path) -> list[dict]:
     return [best[k] for k in sorted(best, key=lambda k: (order.get(k, 3), k))]
 
 
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string for everything a config holds
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items() if v is not None) + " }"
-    raise TypeError(f"cannot write {value!r} as TOML")
+def _without_none(d: dict) -> dict:
+    # TOML has no null: a setting stored as None is left out, so the spec falls back to its default.
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
 
 def spec_text(tune_dir: str | Path, name: str, seeds: int) -> str:
     """A study spec that retrains each norm's winner on all training images."""
-    lines = [f"# Written by bench/tuned.py from the validation sweep in {tune_dir}.",
-             f"name = {_toml(name)}",
-             f"description = {_toml('the recipes chosen on the validation split, trained on all 50,000 images')}",
-             f"seeds = {seeds}", "", "[budget]", "max_params = 50000", "max_epochs = 20"]
+    experiments = []
     for i, w in enumerate(winners(tune_dir)):
         cfg = w["config"]
-        train = {k: v for k, v in cfg["train"].items() if k not in ("seed", "device")}
-        data = {**{k: v for k, v in cfg["data"].items() if k != "root"}, "val": 0}
-        chosen = f"{w['experiment']} (val {100 * w['val']:.2f}%, n={w['n']})"
-        lines += ["", "[[experiments]]", f"name = {_toml(w['norm'])}", f"description = {_toml(chosen)}"]
-        if i == 0:
-            lines.append("baseline = true")
-        lines += [f"data = {_toml(data)}", f"model = {_toml(cfg['model'])}", f"train = {_toml(train)}"]
-    return "\n".join(lines) + "\n"
+        experiments.append(_without_none({
+            "name": w["norm"], "description": f"{w['experiment']} (val {100 * w['val']:.2f}%, n={w['n']})",
+            **({"baseline": True} if i == 0 else {}),
+            "data": {**{k: v for k, v in cfg["data"].items() if k != "root"}, "val": 0},
+            "model": cfg["model"],
+            "train": {k: v for k, v in cfg["train"].items() if k not in ("seed", "device")}}))
+    spec = {"name": name, "description": "the recipes chosen on the validation split, trained on all 50,000 images",
+            "seeds": seeds, "budget": {"max_params": 50000, "max_epochs": 20}, "experiments": experiments}
+    return f"# Written by bench/tuned.py from the validation sweep in {tune_dir}.\n" + tomli_w.dumps(spec)
 
 
 def main() -> None:

@@ -6,10 +6,7 @@ import ast
 import base64
 import contextlib
 import io
-import math
 import re
-import sys
-import types
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,7 +16,6 @@ from PIL import Image
 
 from cifarlab.cli import main
 from cifarlab.report.insights import effect_sentence, insights, noise_verdict
-from cifarlab.report.stats import intervals_overlap, summarize, t_cdf, t_ppf, t_sf2, welch_t_test
 from cifarlab.report.study import Experiment
 from cifarlab.store import RunRecord, Store
 
@@ -237,54 +233,62 @@ def test_report_without_the_dataset_still_renders_and_says_so(study, tmp_path):
     assert "comparison" in page
 
 
-def _layer_blocks_html(records, monkeypatch, module: types.ModuleType | None) -> str:
-    from cifarlab.report.build import layer_table_blocks
-    from cifarlab.report.doc import Document, render_html
+def test_layer_table_is_the_one_cifarlab_inspect_prints(records):
+    from cifarlab.analysis import format_table, layer_table
+    from cifarlab.models import create_model
+    from cifarlab.report.doc import Document, render_markdown
+    from cifarlab.report.layers import layer_table_blocks
 
-    if module is not None:
-        monkeypatch.setitem(sys.modules, "cifarlab.analysis", module)
-    return render_html(Document("t", [], layer_table_blocks(records[0].config)))
-
-
-def test_layer_table_comes_from_cifarlab_analysis(records, monkeypatch):
-    fake = types.ModuleType("cifarlab.analysis")
-    fake.layer_table = lambda model, input_shape=(3, 32, 32): [("C1", sum(p.numel() for p in model.parameters()))]
-    fake.format_table = lambda table, fmt: ("| layer | params |\n|:---|---:|\n"
-                                            + "".join(f"| {n} | {p:,} |\n" for n, p in table) + "\n- total: ok\n")
-    page = _layer_blocks_html(records, monkeypatch, fake)
-    assert tables(page) == [[["layer", "params"], ["C1", f"{records[0].params:,}"]]]
-    assert "<li>total: ok</li>" in page
-
-
-def test_layer_table_failure_becomes_a_note(records, monkeypatch):
-    broken = types.ModuleType("cifarlab.analysis")
-
-    def layer_table(model, input_shape=(3, 32, 32)):
-        raise RuntimeError("shape mismatch")
-
-    broken.layer_table, broken.format_table = layer_table, lambda table, fmt: ""
-    page = _layer_blocks_html(records, monkeypatch, broken)
-    assert "Layer table unavailable (RuntimeError: shape mismatch)" in page
+    config = records[0].config
+    blocks = layer_table_blocks(config)
+    table = blocks[0]
+    align = {c.name: c.align for c in table.columns}
+    assert (align["layer"], align["output"], align["params"], align["R_out"]) == ("l", "l", "r", "r")
+    params = [int(row[list(align).index("params")].replace(",", "")) for row in table.rows]
+    assert sum(params) == records[0].params
+    # Same cells and totals as `cifarlab inspect MODEL --format markdown`; only the alignment rule differs.
+    inspect = format_table(layer_table(create_model(config["model"]["name"], **config["model"]["options"])),
+                           "markdown").splitlines()
+    markdown = render_markdown(Document("t", [], blocks), "files")[0]
+    report = markdown[markdown.index("| layer"):].strip().splitlines()
+    assert report[:1] + report[2:] == inspect[:1] + inspect[2:]
 
 
-def test_layer_table_without_the_analysis_module_becomes_a_note(records, monkeypatch):
-    monkeypatch.setitem(sys.modules, "cifarlab.analysis", None)  # import raises ImportError
-    page = _layer_blocks_html(records, monkeypatch, None)
-    assert re.search(r"Layer table unavailable \((ModuleNotFound|Import)Error", page)
+def test_layer_table_of_a_model_no_longer_registered_becomes_a_note():
+    from cifarlab.report.doc import Para
+    from cifarlab.report.layers import layer_table_blocks
+
+    [note] = layer_table_blocks({"model": {"name": "retired-net", "options": {}}})
+    assert isinstance(note, Para) and note.kind == "note"
+    assert note.text.startswith("Layer table unavailable (ConfigError: unknown model 'retired-net'")
+
+
+def test_a_bug_in_the_analysis_is_not_hidden_in_a_note(records, monkeypatch):
+    import cifarlab.analysis
+    from cifarlab.report.layers import layer_table_blocks
+
+    def broken(model, input_shape):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(cifarlab.analysis, "layer_table", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        layer_table_blocks(records[0].config)
+
+
+def test_a_row_with_a_cell_too_many_is_refused():
+    from cifarlab.report.doc import Column, Table
+
+    with pytest.raises(ValueError, match="need 2 cells"):
+        Table([Column("experiment", "l"), Column("n")], [["bn", "3"], ["ln", "3", "extra"]])
 
 
 def test_report_shows_each_models_layer_table(report):
     page = report[0].read_text()
     details = re.findall(r"<details>.*?</details>", page, re.S)
     assert len(details) == len(EXPERIMENTS)
-    try:
-        import cifarlab.analysis  # noqa: F401
-    except ImportError:
-        assert all("Layer table unavailable" in d for d in details)
-    else:
-        for d in details:
-            header = tables(d)[0][0]
-            assert "params" in header and any(c.startswith("R") for c in header)  # receptive field column
+    for d in details:
+        header = tables(d)[0][0]
+        assert "params" in header and any(c.startswith("R") for c in header)  # receptive field column
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,69 +328,6 @@ def test_corrupt_store_is_an_error_and_left_untouched(tmp_path, capsys, content)
     assert "store.sqlite" in _one_line_error(capsys)
     assert path.read_bytes() == content
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store.sqlite"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics against hand-computed values
-
-
-def test_summary_mean_std_and_t_interval():
-    s = summarize([0.70, 0.72, 0.74])
-    assert (s.n, s.mean, s.std) == (3, pytest.approx(0.72), pytest.approx(0.02))
-    half = 4.302652729749464 * 0.02 / math.sqrt(3)  # t(0.975, df=2) * s / sqrt(n)
-    assert (s.lo, s.hi) == (pytest.approx(0.72 - half), pytest.approx(0.72 + half))
-
-
-def test_summary_of_one_value_has_no_spread():
-    s = summarize([0.5])
-    assert s.n == 1 and s.mean == 0.5 and math.isnan(s.std) and math.isnan(s.lo) and not s.has_spread
-
-
-@pytest.mark.parametrize("df, q975", [(1, 12.706204736174707), (2, 4.302652729749464), (3, 3.182446305284263),
-                                      (4, 2.7764451051977987), (10, 2.2281388519649385), (30, 2.0422724563012373)])
-def test_t_quantiles_match_tables(df, q975):
-    assert t_ppf(0.975, df) == pytest.approx(q975, rel=1e-9)
-    assert t_cdf(t_ppf(0.975, df), df) == pytest.approx(0.975, abs=1e-12)
-    assert t_ppf(0.025, df) == pytest.approx(-q975, rel=1e-9)
-
-
-@pytest.mark.parametrize("t", [0.3, 1.0, 2.0, 5.0])
-def test_t_tails_match_closed_forms(t):
-    # df=1 is Cauchy: P(|T| >= t) = 1 - 2 atan(t) / pi; df=2: P(|T| >= t) = 1 - t / sqrt(2 + t^2).
-    assert t_sf2(t, 1) == pytest.approx(1 - 2 * math.atan(t) / math.pi, rel=1e-10)
-    assert t_sf2(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10)
-    # df=4: F(t) = 1/2 + 3/8 * u * (1 - t^2 / (12 (1 + t^2/4))), u = t / sqrt(1 + t^2/4).
-    u = t / math.sqrt(1 + t * t / 4)
-    assert t_sf2(t, 4) == pytest.approx(2 * (0.5 - 3 / 8 * u * (1 - t * t / (12 * (1 + t * t / 4)))), rel=1e-10)
-
-
-def test_welch_equal_variances():
-    # means 2 and 5, variances 1 and 1, n=3 each: t = -3 / sqrt(2/3), df = 4, p = 0.0213116 (scipy)
-    r = welch_t_test([1, 2, 3], [4, 5, 6])
-    assert r.t == pytest.approx(-3 / math.sqrt(2 / 3))
-    assert r.df == pytest.approx(4.0)
-    assert r.p == pytest.approx(0.021311641128756723, rel=1e-9)
-
-
-def test_welch_unequal_variances_and_sizes():
-    # a: mean 12, var 4, n 3; b: mean 25, var 50, n 2 -> se^2 = 4/3 + 25, df = se^4 / ((4/3)^2/2 + 25^2/1)
-    r = welch_t_test([10, 12, 14], [20, 30])
-    se2 = 4 / 3 + 25
-    assert r.diff == -13 and r.t == pytest.approx(-13 / math.sqrt(se2))
-    assert r.df == pytest.approx(se2 ** 2 / ((4 / 3) ** 2 / 2 + 25 ** 2))
-    assert 0.05 < r.p < 0.5
-
-
-def test_welch_needs_two_values_per_side():
-    assert welch_t_test([0.7], [0.6, 0.65]) is None
-    assert welch_t_test([0.7, 0.7], [0.7, 0.7]).p == 1.0
-    assert welch_t_test([0.7, 0.7], [0.6, 0.6]).p == 0.0
-
-
-def test_interval_overlap():
-    assert intervals_overlap(summarize([1, 2, 3]), summarize([2, 3, 4])) is True
-    assert intervals_overlap(summarize([1.0, 1.1, 1.2]), summarize([5.0, 5.1, 5.2])) is False
-    assert intervals_overlap(summarize([1]), summarize([2, 3])) is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -381,19 +381,96 @@ def test_label_smoothing_runs_and_changes_the_loss(tiny_splits):
     assert smooth.final["train_loss"] != plain.final["train_loss"]
 
 
-def test_ema_runs_and_leaves_the_averaged_weights_in_the_model(tiny_splits):
-    plain_model, _ = fit(tiny_splits, small_cfg(epochs=1))
-    ema_model, h = fit(tiny_splits, small_cfg(epochs=1, ema=0.9))
-    assert math.isfinite(h.final["test_loss"])
-    # Same seed and data, so the raw trajectories agree; the model handed back holds the average.
-    assert not torch.equal(plain_model.C1[0].weight, ema_model.C1[0].weight)
-    assert all(torch.isfinite(p).all() for p in ema_model.parameters())
+def test_ema_is_the_exponential_average_of_the_weights_and_copies_the_buffers():
+    from cifarlab.train import _EMA
+
+    decay, model = 0.9, nn.BatchNorm1d(2).double()  # weight, bias; running_mean/var, num_batches_tracked
+    w0 = model.weight.detach().clone()
+    ema = _EMA(model, decay)
+    weights = [torch.tensor([1.0, -2.0], dtype=torch.float64) * t for t in (1, 3, -2, 5)]
+    for t, w in enumerate(weights):
+        with torch.no_grad():
+            model.weight.copy_(w)
+            model.running_mean.fill_(float(t))
+        ema.update(model)
+    # After T updates: decay^T w0 + (1 - decay) sum_t decay^(T-1-t) w_t
+    T = len(weights)
+    expected = decay ** T * w0 + (1 - decay) * sum(decay ** (T - 1 - t) * w for t, w in enumerate(weights))
+    torch.testing.assert_close(ema.model.weight, expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(ema.model.running_mean, torch.full((2,), T - 1.0, dtype=torch.float64))  # the last, not a mean
+    assert torch.equal(model.weight, weights[-1])  # the trained model is left alone
 
 
-def test_tta_adds_a_flip_column_every_epoch_and_a_six_view_column_at_the_end(tiny_splits):
-    _, h = fit(tiny_splits, small_cfg(epochs=2, tta=True))
-    assert all(0.0 <= row["test_acc_tta"] <= 1.0 for row in h.rows)
-    assert "test_acc_tta6" not in h.rows[0] and 0.0 <= h.final["test_acc_tta6"] <= 1.0
+def test_training_with_ema_hands_back_the_averaged_weights(tiny_splits, monkeypatch):
+    import cifarlab.train
+    from cifarlab.train import _EMA
+
+    made = []
+
+    class Recorded(_EMA):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(cifarlab.train, "_EMA", Recorded)
+    model, _ = fit(tiny_splits, small_cfg(epochs=1, ema=0.9))
+    [ema] = made
+    for (name, got), want in zip(model.state_dict().items(), ema.model.state_dict().values()):
+        assert torch.equal(got, want), name
+
+
+class _Mirrored(nn.Module):
+    """Flip-invariant to the last bit: a linear classifier's logits for the image and its mirror image, averaged.
+
+    Float addition commutes, so the model's output for the mirror image is the same sum in the other order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x):
+        return (self.linear(x.flatten(1)) + self.linear(x.flip(3).flatten(1))) / 2
+
+
+class _LeftMinusRight(nn.Module):
+    """Flip-sensitive and fixed: logits (d, -d, 1, -9, ...) for d = mean(left half) - mean(right half)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(()))  # train() needs something to step; the function stays fixed
+
+    def forward(self, x):
+        d = x[..., :16].mean((1, 2, 3)) - x[..., 16:].mean((1, 2, 3))
+        rest = [torch.ones_like(d)] + [torch.full_like(d, -9.0)] * 7
+        return torch.stack([d, -d, *rest], 1) + 0 * self.unused
+
+
+def test_flip_tta_of_a_flip_invariant_model_is_its_plain_accuracy(tiny_splits):
+    from dataclasses import replace
+
+    from cifarlab.data import Split
+
+    # Noise images: every prediction hangs on pixel detail, so any view but the mirror image would move some.
+    gen = torch.Generator().manual_seed(0)
+    test = Split(torch.randn(200, 3, 32, 32, generator=gen), torch.randint(0, 10, (200,), generator=gen))
+    seed_everything(0)
+    h = train(_Mirrored(), replace(tiny_splits, test=test), small_cfg(epochs=2, tta=True), log=None)
+    assert [row["test_acc_tta"] for row in h.rows] == [row["test_acc"] for row in h.rows]
+    assert "test_acc_tta6" not in h.rows[0] and "test_acc_tta6" in h.final  # 6 views: last epoch only
+
+
+def test_flip_tta_averages_a_flip_sensitive_model_over_the_mirror_image(tiny_splits):
+    from dataclasses import replace
+
+    from cifarlab.data import Split
+
+    # Class 0 images are bright on the left, class 1 on the right: plain logits (+-2, -+2, 1) are right,
+    # averaged with the mirror image's they are (0, 0, 1) and say class 2 for every image.
+    left = torch.cat([torch.ones(3, 32, 16), -torch.ones(3, 32, 16)], 2)
+    test = Split(torch.stack([left, left.flip(2)] * 5), torch.tensor([0, 1] * 5))
+    h = train(_LeftMinusRight(), replace(tiny_splits, test=test), small_cfg(epochs=1, tta=True), log=None)
+    assert (h.final["test_acc"], h.final["test_acc_tta"]) == (1.0, 0.0)
     _, plain = fit(tiny_splits, small_cfg(epochs=1))
     assert "test_acc_tta" not in plain.final and "test_acc_tta6" not in plain.final
 
@@ -420,10 +497,23 @@ def test_predict_averages_the_logits_of_its_views():
     torch.testing.assert_close(predict(model, x), model(x).detach())
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-def test_every_optimizer_trains(tiny_splits, optimizer):
-    _, h = fit(tiny_splits, small_cfg(epochs=1, optim={"name": optimizer, "lr": 0.01, "weight_decay": 1e-4}))
-    assert math.isfinite(h.final["train_loss"])
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("adam", 0.002), ("adamw", 0.002)])
+def test_every_optimizer_lowers_the_loss_on_a_fixed_batch(optimizer, lr):
+    from torch.nn.functional import cross_entropy as loss
+
+    # Measured: 2.31 -> 1.95 (sgd), 1.97 (adam, adamw) after 10 steps; the bar is 2.08.
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 3, 32, 32, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    seed_everything(0)
+    model = create_model("s8-net", **SMALL_S8)
+    opt = create_optimizer(model, OptimConfig(**{**PLAIN_OPTIM, "name": optimizer, "lr": lr, "weight_decay": 1e-4}),
+                           torch.device("cpu"))
+    first = loss(model(x), y).item()
+    for _ in range(10):
+        opt.zero_grad(set_to_none=True)
+        loss(model(x), y).backward()
+        opt.step()
+    assert loss(model(x), y).item() < 0.9 * first
 
 
 def test_a_failing_compiler_falls_back_to_eager_training_with_a_warning(tiny_splits, monkeypatch):

@@ -1,10 +1,14 @@
-"""`format_table(table, fmt)`: the layer table as aligned text, Markdown, CSV or JSON."""
+"""`format_table(table, fmt)`: the layer table as aligned text, Markdown, CSV or JSON.
+
+`display(table)` gives the cells the text and Markdown formats (and the study report) show, as data.
+"""
 from __future__ import annotations
 
 import csv
 import io
 import json
 from dataclasses import fields
+from typing import NamedTuple
 
 from cifarlab.analysis.geometry import fmt_pair
 from cifarlab.analysis.table import LayerRow, LayerTable
@@ -12,10 +16,19 @@ from cifarlab.errors import ConfigError
 
 FORMATS = ("table", "markdown", "csv", "json")
 
-# (header, right-aligned) in display order; N = map size, J = jump, R = receptive field, in input pixels.
-_COLUMNS = (("layer", False), ("type", False), ("k", True), ("s", True), ("p", True), ("d", True),
-            ("N_in", True), ("N_out", True), ("J_in", True), ("J_out", True), ("R_in", True), ("R_out", True),
-            ("output", False), ("params", True), ("MACs", True))
+# (header, alignment: l text, r numbers) in display order; N = map size, J = jump, R = receptive field,
+# in input pixels.
+COLUMNS = (("layer", "l"), ("type", "l"), ("k", "r"), ("s", "r"), ("p", "r"), ("d", "r"),
+           ("N_in", "r"), ("N_out", "r"), ("J_in", "r"), ("J_out", "r"), ("R_in", "r"), ("R_out", "r"),
+           ("output", "l"), ("params", "r"), ("MACs", "r"))
+
+
+class Display(NamedTuple):
+    """The table as text cells: one list per row in COLUMNS order, and the totals as sentences."""
+
+    columns: tuple[tuple[str, str], ...]  # (header, alignment)
+    rows: list[list[str]]
+    notes: list[str]
 
 
 def format_table(table: LayerTable, fmt: str) -> str:
@@ -23,6 +36,11 @@ def format_table(table: LayerTable, fmt: str) -> str:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
     return {"table": _text, "markdown": _markdown, "csv": _csv, "json": _json}[fmt](table)
+
+
+def display(t: LayerTable) -> Display:
+    """The cells and totals that the text and Markdown formats lay out."""
+    return Display(COLUMNS, [_cells(r) for r in t.rows], _totals(t))
 
 
 def _cells(r: LayerRow) -> list[str]:
@@ -44,21 +62,23 @@ def _totals(t: LayerTable) -> list[str]:
 
 
 def _text(t: LayerTable) -> str:
-    grid = [[h for h, _ in _COLUMNS]] + [_cells(r) for r in t.rows]
-    widths = [max(len(row[i]) for row in grid) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(c.rjust(w) if right else c.ljust(w) for c, w, (_, right) in zip(row, widths, _COLUMNS))
+    d = display(t)
+    grid = [[h for h, _ in d.columns]] + d.rows
+    widths = [max(len(row[i]) for row in grid) for i in range(len(d.columns))]
+    lines = ["  ".join(c.rjust(w) if a == "r" else c.ljust(w) for c, w, (_, a) in zip(row, widths, d.columns))
              .rstrip() for row in grid]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines + [""] + _totals(t))
+    return "\n".join(lines + [""] + d.notes)
 
 
 def _markdown(t: LayerTable) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    lines = [line([h for h, _ in _COLUMNS]), "|" + "|".join("---:" if right else "---" for _, right in _COLUMNS) + "|"]
-    lines += [line(_cells(r)) for r in t.rows]
-    return "\n".join(lines + [""] + [f"- {s}" for s in _totals(t)])
+    d = display(t)
+    lines = [line([h for h, _ in d.columns]), "|" + "|".join("---:" if a == "r" else "---" for _, a in d.columns) + "|"]
+    lines += [line(row) for row in d.rows]
+    return "\n".join(lines + [""] + [f"- {s}" for s in d.notes])
 
 
 def _csv(t: LayerTable) -> str:

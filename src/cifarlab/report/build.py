@@ -5,13 +5,13 @@ import datetime as dt
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from cifarlab.errors import CifarlabError
 from cifarlab.report import figures
-from cifarlab.report.doc import (Block, Bullets, Details, Document, Heading, Image, Para, Pre, Table,
+from cifarlab.report.doc import (Block, Bullets, Column, Details, Document, Heading, Image, Para, Pre, Table,
                                  render_html, render_markdown)
 from cifarlab.report.insights import insights, reference
 from cifarlab.report.layers import layer_table_blocks
@@ -19,6 +19,7 @@ from cifarlab.report.stats import summarize
 from cifarlab.report.study import Experiment, Predictions, Study, confusion, load_predictions, load_study
 from cifarlab.report.text import (config_diff, config_summary, duration, int_range, interval, mean_std, pct,
                                   unique_slugs)
+from cifarlab.store import RunRecord
 
 HTML_NAME, MD_NAME, FILES_DIR = "report.html", "report.md", "report-files"
 MAX_MISTAKES = 24
@@ -54,32 +55,40 @@ def _baseline_mark(exp: Experiment, study: Study) -> str:
     return " (baseline)" if exp.name == study.baseline and exp.name.lower() != "baseline" else ""
 
 
+T = TypeVar("T")
+
+
+def _table(spec: list[tuple[Column, Callable[[T], str]]], items: Sequence[T], **kw: Any) -> Table:
+    """One row per item; each column brings the function of its cell, so header and cells stay together."""
+    return Table([column for column, _ in spec], [[cell(x) for _, cell in spec] for x in items], **kw)
+
+
 def comparison_table(study: Study) -> Table:
     ref = reference(study)
     ref_mean = summarize(ref.values("test_acc")).mean
     has_val = study.val > 0 and any(r.val_acc is not None for r in study.runs)
     has_tta = any(r.test_acc_tta is not None for r in study.runs)
     has_tta6 = any(r.test_acc_tta6 is not None for r in study.runs)
-    columns = ["experiment", "n", "test acc %", "95% CI", "\u0394 test (pts)", "train acc %", "gap (pts)"]
-    columns += ["val acc %"] * has_val + ["flip TTA %"] * has_tta + ["6-view TTA %"] * has_tta6
-    columns += ["params", "epochs", "s / run"]
-    rows = []
-    for exp in study.experiments:
-        test = exp.values("test_acc")
-        delta = "\u2013" if exp is ref else f"{100 * (summarize(test).mean - ref_mean):+.2f}"
-        name = f"**{exp.name}**" + _baseline_mark(exp, study)
-        row = [name, str(len(exp.runs)), mean_std(test), interval(test), delta,
-               mean_std(exp.values("train_acc")), mean_std(exp.values("gap"))]
-        if has_val:
-            row.append(mean_std(exp.values("val_acc")))
-        if has_tta:
-            row.append(mean_std(exp.values("test_acc_tta")))
-        if has_tta6:
-            row.append(mean_std(exp.values("test_acc_tta6")))
-        row += [int_range(exp.values("params")), int_range(exp.values("epochs")),
-                mean_std(exp.values("seconds"), scale=1.0, digits=1)]
-        rows.append(row)
-    align = "lrrrrrr" + "r" * (has_val + has_tta + has_tta6) + "rrr"
+
+    def acc(metric: str) -> Callable[[Experiment], str]:
+        return lambda e: mean_std(e.values(metric))
+
+    def delta(e: Experiment) -> str:
+        return "\u2013" if e is ref else f"{100 * (summarize(e.values('test_acc')).mean - ref_mean):+.2f}"
+
+    spec = [(Column("experiment", "l"), lambda e: f"**{e.name}**" + _baseline_mark(e, study)),
+            (Column("n"), lambda e: str(len(e.runs))),
+            (Column("test acc %"), acc("test_acc")),
+            (Column("95% CI"), lambda e: interval(e.values("test_acc"))),
+            (Column("\u0394 test (pts)"), delta),
+            (Column("train acc %"), acc("train_acc")),
+            (Column("gap (pts)"), acc("gap"))]
+    spec += [(Column(name), acc(metric)) for name, metric, shown in (
+        ("val acc %", "val_acc", has_val), ("flip TTA %", "test_acc_tta", has_tta),
+        ("6-view TTA %", "test_acc_tta6", has_tta6)) if shown]
+    spec += [(Column("params"), lambda e: int_range(e.values("params"))),
+             (Column("epochs"), lambda e: int_range(e.values("epochs"))),
+             (Column("s / run"), lambda e: mean_std(e.values("seconds"), scale=1.0, digits=1))]
     caption = ("Final-epoch accuracy, mean \u00b1 std over n seeds (sample std); 95% CI: t-interval of the mean. "
                f"\u0394 test: points against {ref.name}. Gap = train \u2212 test accuracy in points (train accuracy "
                "is measured on the augmented training batches during the last epoch). s / run: training "
@@ -91,28 +100,29 @@ def comparison_table(study: Study) -> Table:
     if has_tta6:
         caption += (" 6-view TTA: the same over flip \u00d7 {unshifted, 1 pixel down-right, 1 pixel up-left}, "
                     "final epoch.")
-    return Table(columns, rows, align=align, caption=caption, row_notes=[e.description for e in study.experiments])
+    return _table(spec, study.experiments, caption=caption, row_notes=[e.description for e in study.experiments])
 
 
 def per_seed_table(exp: Experiment, study: Study) -> Table:
     has_val = study.val > 0 and any(r.val_acc is not None for r in exp.runs)
     has_tta = any(r.test_acc_tta is not None for r in exp.runs)
-    columns = ["seed", "test acc %", "train acc %", "gap (pts)"] + ["val acc %"] * has_val
-    columns += ["flip TTA %"] * has_tta + [BEST_EPOCH_LABEL, "seconds", "run folder"]
-    rows = []
-    for r in exp.runs:
+
+    def optional(metric: str) -> Callable[[RunRecord], str]:
+        return lambda r: "\u2013" if getattr(r, metric) is None else pct(getattr(r, metric))
+
+    def best_epoch(r: RunRecord) -> str:
         scored = [row for row in r.history if isinstance(row.get("test_acc"), (int, float))]
         best = max(scored, key=lambda row: row["test_acc"]) if scored else None
-        row = [str(r.seed), pct(r.test_acc), pct(r.train_acc), pct(r.train_acc - r.test_acc)]
-        if has_val:
-            row.append(pct(r.val_acc) if r.val_acc is not None else "\u2013")
-        if has_tta:
-            row.append(pct(r.test_acc_tta) if r.test_acc_tta is not None else "\u2013")
-        row.append(f"{pct(best['test_acc'])} (epoch {best['epoch']})" if best else "\u2013")
-        row += [f"{r.seconds:.1f}", f"`{r.run_dir}`"]
-        rows.append(row)
-    align = "r" * (len(columns) - 1) + "l"
-    return Table(columns, rows, align=align)
+        return f"{pct(best['test_acc'])} (epoch {best['epoch']})" if best else "\u2013"
+
+    spec = [(Column("seed"), lambda r: str(r.seed)), (Column("test acc %"), lambda r: pct(r.test_acc)),
+            (Column("train acc %"), lambda r: pct(r.train_acc)),
+            (Column("gap (pts)"), lambda r: pct(r.train_acc - r.test_acc))]
+    spec += [(Column("val acc %"), optional("val_acc"))] * has_val
+    spec += [(Column("flip TTA %"), optional("test_acc_tta"))] * has_tta
+    spec += [(Column(BEST_EPOCH_LABEL), best_epoch), (Column("seconds"), lambda r: f"{r.seconds:.1f}"),
+             (Column("run folder", "l"), lambda r: f"`{r.run_dir}`")]
+    return _table(spec, exp.runs)
 
 
 def _class_names(preds: dict[str, list[Predictions]], images: "_Images") -> list[str]:
@@ -132,7 +142,7 @@ def per_class_table(study: Study, preds: dict[str, list[Predictions]], classes: 
         m = confusion(preds[e.name], len(classes))
         acc = np.diag(m) / np.maximum(m.sum(1), 1)
         rows.append([f"**{e.name}**"] + [f"{100 * a:.1f}" for a in acc])
-    return Table(["experiment"] + list(classes), rows,
+    return Table([Column("experiment", "l")] + [Column(c) for c in classes], rows,
                  caption="Final-epoch test accuracy per class (%), pooled over each experiment's seeds.")
 
 

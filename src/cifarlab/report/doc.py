@@ -8,7 +8,7 @@ import base64
 import html
 import re
 from dataclasses import dataclass, field
-from typing import Union
+from typing import NamedTuple, Union
 
 
 @dataclass
@@ -29,16 +29,23 @@ class Bullets:
     items: list[str]
 
 
+class Column(NamedTuple):
+    name: str
+    align: str = "r"  # l (text), r (numbers), w (wrapping text)
+
+
 @dataclass
 class Table:
-    columns: list[str]
-    rows: list[list[str]]
-    align: str = ""  # one letter per column: l (text), r (numbers), w (wrapping text); default: first l, rest r
+    columns: list[Column]
+    rows: list[list[str]]  # cells in column order
     caption: str = ""
     row_notes: list[str] = field(default_factory=list)  # small text under each row's first cell
 
-    def alignment(self) -> str:
-        return self.align or "l" + "r" * (len(self.columns) - 1)
+    def __post_init__(self) -> None:
+        # A cell too many or too few would shift every cell after it under the wrong header.
+        bad = [r for r in self.rows if len(r) != len(self.columns)]
+        if bad:
+            raise ValueError(f"table rows need {len(self.columns)} cells, got {len(bad[0])}: {bad[0]}")
 
 
 @dataclass
@@ -167,8 +174,8 @@ def _html_block(block: Block) -> str:
         items = "".join(f"<li>{inline_html(i)}</li>" for i in block.items)
         return f'<ul class="insights">{items}</ul>'
     if isinstance(block, Table):
-        align = block.alignment()
-        head = "".join(f'<th class="{a}">{inline_html(c)}</th>' for c, a in zip(block.columns, align))
+        align = [c.align for c in block.columns]
+        head = "".join(f'<th class="{c.align}">{inline_html(c.name)}</th>' for c in block.columns)
         body = "".join(_html_row(row, align, note)
                        for row, note in zip(block.rows, block.row_notes or [""] * len(block.rows)))
         caption = f'<p class="note">{inline_html(block.caption)}</p>' if block.caption else ""
@@ -233,9 +240,8 @@ def _md_block(block: Block, files: dict[str, bytes], folder: str) -> str:
     if isinstance(block, Bullets):
         return "\n".join(f"- {i}" for i in block.items)
     if isinstance(block, Table):
-        align = block.alignment()
-        lines = ["| " + " | ".join(_md_cell(c) for c in block.columns) + " |",
-                 "|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|"]
+        lines = ["| " + " | ".join(_md_cell(c.name) for c in block.columns) + " |",
+                 "|" + "|".join("---:" if c.align == "r" else ":---" for c in block.columns) + "|"]
         notes = block.row_notes or [""] * len(block.rows)
         lines += ["| " + " | ".join(_md_cell(v + (f" \u2013 {note}" if j == 0 and note else ""))
                                     for j, v in enumerate(row)) + " |" for row, note in zip(block.rows, notes)]
