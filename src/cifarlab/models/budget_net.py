@@ -5,7 +5,7 @@ stem 3x3 conv -> three stages of [conv3x3 -> maxpool2 -> norm -> act -> conv3x3 
 the norm/act that follow. Global max-pool rather than average is a choice, not a measured gain: in
 a short pilot the two were within seed noise, 47.8 +/- 2.2% (max) vs 49.1 +/- 2.1% (average) val
 accuracy, n=3 seeds (0-2) each, Welch p=0.51 (default TrainConfig on 1 CPU thread, 5 epochs on 5,000
-training images beside a 5,000-image val split, split seed 0; average: `model.pool = nn.AdaptiveAvgPool2d(1)`).
+training images beside a 5,000-image val split, split seed 0: `python bench/pool_pilot.py {max,avg} SEED`).
 
 Options beyond widths and norm (the budget counts trainable parameters only):
 - `pool="late"` pools after the second conv of each stage instead of the first, so that conv sees
