@@ -16,9 +16,10 @@ def layer_table_blocks(config: dict[str, Any]) -> list[Block]:
     model_cfg = config.get("model", {})
     try:
         from cifarlab.analysis import format_table, layer_table
-        from cifarlab.models import create_model
+        from cifarlab.config import ModelConfig, from_dict
+        from cifarlab.models import model_from_config
 
-        model = create_model(model_cfg["name"], **model_cfg.get("options", {}))
+        model = model_from_config(from_dict(ModelConfig, model_cfg))  # a file model: the recorded file
         text = format_table(layer_table(model, input_shape=(3, 32, 32)), "markdown")
     except Exception as exc:  # noqa: BLE001 - a missing or failing analysis must not sink the report
         first_line = str(exc).splitlines()[0] if str(exc) else ""
