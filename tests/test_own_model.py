@@ -1,10 +1,12 @@
 """Your own model: FILE.py:NAME and package.module:NAME in train, inspect and studies; every error one line;
-provenance in the run folder; log-softmax models train like logit models."""
+provenance in the run folder; log-softmax models train like logit models; the Python API."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
 from test_cli import FAST, assert_no_run_left, assert_one_line_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -324,3 +327,88 @@ def test_a_log_softmax_model_trains_evaluates_and_predicts_like_the_same_model_r
     assert "test_acc_tta6" in with_log.final
     assert with_log.final["test_acc_tta6"] == pytest.approx(with_logits.final["test_acc_tta6"], abs=1e-6)
     np.testing.assert_allclose(probs_log.astype(np.float32), probs_logits.astype(np.float32), atol=2e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Python API
+
+
+def test_import_cifarlab_does_not_load_torch():
+    code = "import sys, cifarlab; assert 'torch' not in sys.modules; print(callable(cifarlab.fit))"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
+
+
+def test_fit_trains_a_model_object_in_place_and_returns_its_history(tiny_folder, tmp_path, net_file):
+    import cifarlab
+
+    sys.path.insert(0, str(net_file.parent))
+    try:
+        from mynet import Net
+    finally:
+        sys.path.remove(str(net_file.parent))
+    torch.manual_seed(0)
+    model = Net(norm="gn")
+    before = [p.detach().clone() for p in model.parameters()]
+    history = cifarlab.fit(model, data=tiny_folder.root, epochs=1, batch_size=16, subset=40, device="cpu",
+                           compile="off", log=None)
+    assert len(history.rows) == 1 and 0 <= history.final["test_acc"] <= 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # trained in place
+
+    out = tmp_path / "api-run"
+    cifarlab.fit(model, data=tiny_folder.root, out=out, epochs=1, batch_size=16, subset=40, device="cpu",
+                 compile="off", log=None)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["name"] == "Net (object)" and config["model"]["source"]["path"] == str(net_file)
+    assert (out / "model_source.py").read_bytes() == net_file.read_bytes()
+
+
+def test_fit_by_name_writes_the_run_folder_train_writes(tiny_folder, tmp_path, net_file):
+    import cifarlab
+
+    out = tmp_path / "by-name"
+    history = cifarlab.fit(f"{net_file}:Net", norm="ln", data=tiny_folder.root, out=out, epochs=1, batch_size=16,
+                           subset=40, device="cpu", compile="off", augment="none", log=None)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["options"] == {"norm": "ln"} and config["train"]["augment"] == "none"
+    assert json.loads((out / "history.json").read_text())["epochs"] == history.rows
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda c, m: c.fit(m, learning_rate=0.1), "unknown setting 'learning_rate'"),
+    (lambda c, m: c.fit(m, lr=0), "lr: must be > 0, got 0"),
+    (lambda c, m: c.fit(m, optimizer="rmsprop"), "optimizer: unknown value 'rmsprop'"),
+    (lambda c, m: c.fit(m, norm="gn"), "'norm' is a model option"),
+    (lambda c, m: c.fit(3), "takes an nn.Module or a model name"),
+])
+def test_fit_refuses_bad_settings_before_any_work(call, message):
+    import cifarlab
+    from cifarlab.errors import ConfigError
+    from cifarlab.models import create_model
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        call(cifarlab, create_model("s8-net", width=8))
+
+
+def test_layer_table_of_an_object_and_of_a_name(net_file):
+    import cifarlab
+    from cifarlab.analysis import LayerTable
+
+    table = cifarlab.layer_table(f"{net_file}:Net", norm="ln")
+    assert isinstance(table, LayerTable) and table.trainable_params == NET_PARAMS
+    text = cifarlab.layer_table(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), format="markdown")
+    assert text.startswith("| layer | type |")
+
+
+def test_run_study_and_write_report_from_python(tiny_folder, tmp_path):
+    import cifarlab
+
+    course = tmp_path / "course"
+    write(course, "models/mynet.py", NET)
+    spec = write(course, "norms.toml", SPEC.format(data=tiny_folder.root))
+    folder = cifarlab.run_study(spec, out=tmp_path / "study", log=lambda line: None)
+    html, md = cifarlab.write_report(folder)
+    assert html.is_file() and md.is_file()
+    text = md.read_text()
+    assert "LayerNorm2d" in text and "models/mynet.py:Net" in text  # layer table rebuilt from the recorded file
