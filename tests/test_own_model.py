@@ -1,5 +1,5 @@
 """Your own model: FILE.py:NAME and package.module:NAME in train, inspect and studies; every error one line;
-provenance in the run folder; log-softmax models train like logit models; the Python API."""
+provenance in the run folder; log-softmax models train like logit models; the Python API and the example."""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, write_batches
 from test_cli import FAST, assert_no_run_left, assert_one_line_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -412,3 +412,38 @@ def test_run_study_and_write_report_from_python(tiny_folder, tmp_path):
     assert html.is_file() and md.is_file()
     text = md.read_text()
     assert "LayerNorm2d" in text and "models/mynet.py:Net" in text  # layer table rebuilt from the recorded file
+
+
+# ---------------------------------------------------------------------------------------------
+# The example
+
+
+def test_the_example_walkthrough_runs_end_to_end(tmp_path):
+    # The example as shipped, cut to tiny data: a copy whose study spec trains 1 epoch on 40 images.
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    for name in ("course_net.py", "walkthrough.py"):
+        (examples / name).write_bytes((REPO / "examples" / name).read_bytes())
+    spec = (REPO / "examples" / "norms.toml").read_text()
+    for old, new in (("subset = 2000", "subset = 40"), ("epochs = 2", "epochs = 1"), ("batch_size = 128",
+                                                                                     "batch_size = 16")):
+        assert old in spec
+        spec = spec.replace(old, new)
+    (examples / "norms.toml").write_text(spec)
+    data = tmp_path / "data"
+    write_batches(data, per_batch=8, n_test=20)
+    # One thread per process: on tiny batches a second one costs more than it gives (see single_thread).
+    env = {**os.environ, "CIFARLAB_DATA": str(data), "CIFARLAB_NO_PROGRESS": "1", "PYTHONPATH": str(REPO / "src"),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(examples / "walkthrough.py"), "--out", str(tmp_path / "runs"),
+                           "--epochs", "1", "--subset", "40"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = tmp_path / "runs"
+    code = (examples / "course_net.py").read_bytes()
+    assert (runs / "gn" / "model_source.py").read_bytes() == code
+    for norm in ("bn", "gn", "ln"):
+        assert (runs / "study" / norm / "seed-0" / "model_source.py").read_bytes() == code
+    assert (runs / "study" / "report.html").is_file() and (runs / "api-gn" / "history.json").is_file()
+    assert "within budget: 40,316 <= 50,000" in proc.stdout
+    assert "from Python: test accuracy" in proc.stdout
