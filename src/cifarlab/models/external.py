@@ -125,9 +125,9 @@ def _module(source: dict[str, Any], label: str) -> ModuleType:
                 raise ConfigError(f"{label}: importing {source['module']} failed: "
                                   f"{exception_line(exc, source['path'])}") from None
     else:
-        # A name of its own per file version: two files called model.py (or two versions of one) never collide.
-        stem = re.sub(r"\W", "_", path.stem)
-        module = ModuleType(f"cifarlab_user_{stem}_{source['sha256'][:12]}")
+        # A name of its own per file and version: two files called model.py (or two versions of one) never collide.
+        stem, tag = re.sub(r"\W", "_", path.stem), _sha256(f"{path}\0{source['sha256']}".encode())[:12]
+        module = ModuleType(f"cifarlab_user_{stem}_{tag}")
         module.__file__ = str(path)
         sys.modules[module.__name__] = module  # dataclasses, pickle and torch.fx look modules up by name
         try:
