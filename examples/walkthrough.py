@@ -1,6 +1,6 @@
 """Your own model with cifarlab: the command line first, then the same from Python, as in a notebook.
 
-    python examples/walkthrough.py                      # writes runs/example/ (CPU: about 3 minutes)
+    python examples/walkthrough.py                      # writes runs/example/ (8 minutes on a busy 2-core CPU)
     python examples/walkthrough.py --out DIR --epochs 1 --subset 500
 
 CIFAR-10 is looked up as everywhere in cifarlab: $CIFARLAB_DATA, then ./data. The steps: the layer table of
