@@ -164,7 +164,7 @@ def test_train_writes_a_complete_run_and_never_overwrites_it_by_accident(cli, ti
     assert "final test accuracy" in result.out and f"results: {out}/" in result.out
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["epochs"] == 1 and config["data"]["subset"] == 40
-    assert config["model"] == {"name": "s8-net", "options": {"width": 8}}
+    assert config["model"] == {"name": "s8-net", "options": {"width": 8}, "source": {}}  # source: file models
     history = json.loads((out / "history.json").read_text())
     assert len(history["epochs"]) == 1 and history["meta"]["train_images"] == 40
 

@@ -274,6 +274,31 @@ def test_parameter_totals_equal_numel_sums(name, norm):
     assert sum(r.params for r in table.rows) == sum(p.numel() for p in model.parameters())
 
 
+def test_layer_norm_is_shown_as_layer_norm_and_group_norm_as_group_norm():
+    kinds = {norm: {r.type for r in layer_table(create_model("s8-net", norm=norm)).rows} for norm in ("gn", "ln")}
+    assert "LayerNorm2d" in kinds["ln"] and "GroupNorm" not in kinds["ln"]
+    assert "GroupNorm" in kinds["gn"] and "LayerNorm2d" not in kinds["gn"]
+    # A norm row, not the functional group_norm call inside it, and it keeps the field (pointwise rule).
+    rows = {r.label: r for r in layer_table(create_model("s8-net", norm="ln")).rows}
+    assert rows["C1.2"].type == "LayerNorm2d" and rows["C1.2"].r_out == rows["C1"].r_out == (3, 3)
+    assert rows["C1.2"].params == 2 * 16
+
+
+def test_subclass_of_a_known_layer_is_one_row_unless_it_overrides_forward():
+    class MyConv(nn.Conv2d):  # a user's subclass that only changes __init__
+        def __init__(self, c_in, c_out):
+            super().__init__(c_in, c_out, 3, padding=1, bias=False)
+
+    class ScaledConv(nn.Conv2d):  # overrides forward: traced into, so its real work is shown
+        def forward(self, x):
+            return F.conv2d(x, self.weight * 2, None, self.stride, self.padding)
+
+    rows = layer_table(nn.Sequential(MyConv(3, 4), ScaledConv(4, 4, 3))).rows
+    assert (rows[1].name, rows[1].type, rows[1].kernel, rows[1].params) == ("0", "MyConv", (3, 3), 108)
+    assert "ScaledConv" not in {r.type for r in rows}
+    assert [r.kernel for r in rows if r.type == "conv2d"] == [(3, 3)]
+
+
 def test_unused_parameters_get_their_own_row():
     class Unused(nn.Module):
         def __init__(self):

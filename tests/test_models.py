@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlab.errors import BudgetError, ConfigError
-from cifarlab.layers import NORMS, act_layer, norm_layer
+from cifarlab.layers import NORMS, LayerNorm2d, act_layer, norm_layer
 from cifarlab.models import check_budget, count_params, create_model, list_models, model_options
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -261,6 +261,7 @@ def test_norm_factories_are_called_with_the_channel_count():
     assert isinstance(bn, nn.BatchNorm2d) and bn.num_features == 12
     assert isinstance(gn, nn.GroupNorm) and (gn.num_groups, gn.num_channels) == (4, 12)
     assert isinstance(ln, nn.GroupNorm) and (ln.num_groups, ln.num_channels) == (1, 12)
+    assert type(gn) is nn.GroupNorm and type(ln) is LayerNorm2d  # tables can tell LN from GN by the class
     assert norm_layer("none") is None
     assert set(NORMS) == {"bn", "gn", "ln", "none"}
 
@@ -285,6 +286,19 @@ def test_layer_norm_normalises_each_sample_over_c_h_w():
     y = ln(x)  # affine starts at scale 1, shift 0
     assert torch.allclose(y.mean(dim=(1, 2, 3)), torch.zeros(3), atol=1e-5)
     assert torch.allclose(y.var(dim=(1, 2, 3), unbiased=False), torch.ones(3), atol=1e-3)
+
+
+def test_layer_norm_is_group_norm_with_one_group_to_the_last_bit():
+    # Same computation and the same state_dict keys as GroupNorm(1, C): runs saved before LN had a class
+    # of its own load unchanged.
+    torch.manual_seed(0)
+    ln, gn1 = LayerNorm2d(6), nn.GroupNorm(1, 6)
+    with torch.no_grad():
+        gn1.weight.normal_(), gn1.bias.normal_()
+    ln.load_state_dict(gn1.state_dict())
+    assert list(ln.state_dict()) == list(gn1.state_dict()) == ["weight", "bias"]
+    x = torch.randn(2, 6, 5, 5)
+    assert torch.equal(ln(x), gn1(x))
 
 
 @pytest.mark.parametrize("groups", [3, 5, 7])

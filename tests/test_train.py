@@ -132,7 +132,7 @@ def test_run_experiment_writes_a_complete_run_that_reloads(tiny_folder, tmp_path
     assert not [p for p in out.parent.iterdir() if p.name != "one"]  # no staging folder left behind
 
     config = json.loads((out / "config.json").read_text())
-    assert config["model"] == {"name": "s8-net", "options": SMALL_S8}
+    assert config["model"] == {"name": "s8-net", "options": SMALL_S8, "source": {}}  # source: file models
     assert config["data"]["subset"] == 40 and config["train"]["epochs"] == 1
     assert config["version"]["cifarlab"]
 

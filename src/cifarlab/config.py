@@ -74,7 +74,8 @@ def bounds_text(meta: typing.Mapping[str, Any]) -> str:
     return ""
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
+    """'int', 'bn | gn | ln', 'int | None': a type as messages show it."""
     if typing.get_origin(tp) is Literal:
         return " | ".join(map(str, typing.get_args(tp)))
     return getattr(tp, "__name__", str(tp))
@@ -132,7 +133,7 @@ def check_value(value: Any, tp: Any) -> Any:
             return value
     elif tp is Any:
         return value
-    raise SettingError((), f"expected {_type_name(tp)}, got {value!r}")
+    raise SettingError((), f"expected {type_name(tp)}, got {value!r}")
 
 
 def check_field(f: dataclasses.Field, value: Any, tp: Any) -> Any:
@@ -263,9 +264,13 @@ class CommonModelOptions(Settings):
 
 @dataclass(frozen=True)
 class ModelConfig(Settings):
-    name: str = setting("s8-net", "model name (see `cifarlab models`)", flag="--model", metavar="NAME",
-                        group="model")
+    name: str = setting("s8-net", "a model from `cifarlab models`, or your own: FILE.py:NAME or package.module:NAME",
+                        flag="--model", metavar="NAME", group="model")
     options: dict[str, Any] = setting(factory=dict, help="passed to the model factory", cli=False)
+    # Filled in by cifarlab (models.external.resolve), never by hand: so a run records which file it trained.
+    source: dict[str, Any] = setting(factory=dict, help="a FILE.py:NAME model's resolved path, object name and "
+                                     "sha256 (module models: also the module and the folder it was found from)",
+                                     cli=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,6 +1,7 @@
 """One experiment end to end: config -> data -> model -> train -> a complete run directory."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -10,18 +11,27 @@ from torch import nn
 
 from cifarlab.config import RunConfig, to_dict
 from cifarlab.console import log_line
-from cifarlab.data import DataSplits, load_cifar10, make_splits
-from cifarlab.models import check_budget, count_params, create_model
+from cifarlab.data import CLASSES, DataSplits, load_cifar10, make_splits
+from cifarlab.models import check_budget, check_output, count_params, model_from_config, resolve
+from cifarlab.models.external import source_code
 from cifarlab.rundir import RunDir, check_free, code_version, save_checkpoint, write_history, write_json
 from cifarlab.train import History, resolve_device, seed_everything, train
 
+SOURCE_COPY = "model_source.py"  # a run's copy of the file its model came from
+
 
 def build_model(cfg: RunConfig) -> nn.Module:
-    """The model `cfg` names, initialised from the run seed and checked against the budget."""
+    """The model `cfg` names (registry, file or module), initialised from the run seed, then checked."""
     seed_everything(cfg.train.seed)
-    model = create_model(cfg.model.name, **cfg.model.options)
-    check_budget(model, cfg.max_params, cfg.model.name)
+    model = model_from_config(cfg.model)
+    check_model(model, cfg)
     return model
+
+
+def check_model(model: nn.Module, cfg: RunConfig) -> None:
+    """One probe batch must give (batch, 10) scores, and the model must fit the budget: before any folder."""
+    check_output(model, f"model '{cfg.model.name}'", len(CLASSES))
+    check_budget(model, cfg.max_params, cfg.model.name)
 
 
 def load_data(cfg: RunConfig) -> DataSplits:
@@ -44,20 +54,29 @@ def save_predictions(path: Path, logits: torch.Tensor, labels: torch.Tensor) -> 
 
 
 def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None = None, overwrite: bool = False,
-                   log: Callable[[str], None] | None = log_line) -> History:
-    """Train one run and write `out/{config.json, history.csv, history.json, model.pt, predictions.npz}`.
+                   log: Callable[[str], None] | None = log_line, model: nn.Module | None = None) -> History:
+    """Train one run and write `out/{config.json, history.csv, history.json, model.pt, predictions.npz}`, and
+    `model_source.py` when the model came from a file or module.
 
     Every check (config, model, budget, data) runs before the output folder is created; the config
-    checked itself when it was made.
+    checked itself when it was made. `model`: train this object (already initialised) instead of building
+    the one `cfg.model` names.
     """
+    cfg = replace(cfg, model=resolve(cfg.model))  # a file model's path and sha256 go into config.json
     resolve_device(cfg.train.device)
-    model = build_model(cfg)
+    if model is None:
+        model = build_model(cfg)
+    else:
+        check_model(model, cfg)
+    code = source_code(cfg.model.source)  # read before the folder exists: a file that changed fails cleanly
     check_free(out, overwrite)  # before the data load, which can take a while on a first start
     if data is None:
         data = load_data(cfg)
     rundir = RunDir(out, overwrite=overwrite)
     config = {**to_dict(cfg), "version": code_version()}
     write_json(rundir.stage / "config.json", config)
+    if code is not None:
+        (rundir.stage / SOURCE_COPY).write_bytes(code)
     meta = {"params": count_params(model), "non_trainable_params": count_params(model, trainable=False),
             "classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}
     rows: list[dict] = []

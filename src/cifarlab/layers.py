@@ -1,6 +1,17 @@
 """Norm and activation factories: strings become layer classes here and nowhere else.
 
 Every norm factory is called as `norm(C)` so blocks can swap BN, GN and LN without knowing which.
+A model of your own takes the same choice as a string argument:
+
+    from cifarlab.layers import norm_layer
+
+    class Net(nn.Module):
+        def __init__(self, norm: str = "bn", groups: int = 4):
+            super().__init__()
+            Norm = norm_layer(norm, groups)  # 'bn' | 'gn' | 'ln' -> called as Norm(channels)
+            self.block = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), Norm(16))
+
+and then `cifarlab train --model net.py:Net --norm gn` passes `norm="gn"` to it.
 """
 from __future__ import annotations
 
@@ -26,10 +37,20 @@ def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(g, channels)
 
 
-def _layer_norm(channels: int) -> nn.GroupNorm:
-    # LayerNorm over (C, H, W) per sample with a per-channel affine: GroupNorm with one group.
-    # nn.LayerNorm([C, H, W]) would tie the layer to one input size and cost 2*C*H*W parameters.
-    return nn.GroupNorm(1, channels)
+class LayerNorm2d(nn.GroupNorm):
+    """Layer norm of (B, C, H, W) maps: each image normalised over C, H and W, with a per-channel affine.
+
+    The same computation and parameters as GroupNorm with one group (state_dict keys `weight`, `bias`);
+    a class of its own so that layer tables and reports show "LayerNorm2d", not "GroupNorm", and a
+    BN / GN / LN comparison can tell LN from GN. nn.LayerNorm([C, H, W]) would tie the layer to one
+    input size and cost 2*C*H*W parameters.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__(1, num_channels, eps, affine)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
 
 
 def norm_layer(kind: str, groups: int = DEFAULT_GROUPS) -> NormFactory | None:
@@ -37,7 +58,7 @@ def norm_layer(kind: str, groups: int = DEFAULT_GROUPS) -> NormFactory | None:
     factories: dict[str, NormFactory | None] = {
         "bn": nn.BatchNorm2d,
         "gn": partial(_group_norm, groups=groups),
-        "ln": _layer_norm,
+        "ln": LayerNorm2d,
         "none": None,
     }
     if kind not in factories:

@@ -61,7 +61,7 @@ def load_spec(path: str | Path) -> StudySpec:
     text = path.read_text()
     try:
         spec = from_dict(SpecFile, tomllib.loads(text))
-        experiments = tuple(_experiment(spec, entry) for entry in spec.experiments)
+        experiments = tuple(_experiment(spec, entry, path.resolve().parent) for entry in spec.experiments)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except ConfigError as exc:
@@ -69,11 +69,17 @@ def load_spec(path: str | Path) -> StudySpec:
     return StudySpec(spec.name or path.stem, spec.description, spec.seeds, spec.budget, experiments, path, text)
 
 
-def _experiment(spec: SpecFile, entry) -> Experiment:
+def _experiment(spec: SpecFile, entry, folder: Path) -> Experiment:
     """An experiment's RunConfig: the spec's defaults, overridden key by key, within the budget."""
     where = f"experiments.{entry.name}"
     merged = {k: merge(getattr(spec, k), getattr(entry, k)) for k in ("data", "model", "train")}
+    from cifarlab.models.external import resolve
+
     cfg = from_dict(RunConfig, {**merged, "max_params": spec.budget.max_params}, where)
+    try:  # `name = "models.py:Net"` is found beside the spec, whatever the working directory or process
+        cfg = replace(cfg, model=resolve(cfg.model, base=folder))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.model.name: {exc}") from None
     if spec.budget.max_epochs is not None and cfg.train.epochs > spec.budget.max_epochs:
         raise SettingError((where, "train", "epochs"),
                            f"{cfg.train.epochs} epochs exceed the budget of {spec.budget.max_epochs}")
@@ -82,12 +88,14 @@ def _experiment(spec: SpecFile, entry) -> Experiment:
 
 def check_models(spec: StudySpec) -> dict[str, int]:
     """Build every experiment's model once: unknown options and budget violations fail before training."""
-    from cifarlab.models import check_budget, create_model
+    from cifarlab.data import CLASSES
+    from cifarlab.models import check_budget, check_output, model_from_config
 
     params = {}
     for exp in spec.experiments:
         try:
-            model = create_model(exp.config.model.name, **exp.config.model.options)
+            model = model_from_config(exp.config.model)
+            check_output(model, f"model '{exp.config.model.name}'", len(CLASSES))
             params[exp.name] = check_budget(model, spec.max_params, f"experiment '{exp.name}' ({exp.config.model.name})")
         except CifarlabError as exc:
             raise type(exc)(f"{spec.path}: experiments.{exp.name}.model: {exc}") from None
@@ -106,7 +114,9 @@ def _comparable(cfg: dict) -> dict:
         cfg = to_dict(from_dict(RunConfig, cfg))
     except ConfigError:  # a setting this version no longer knows: compare as recorded
         pass
-    return merge(cfg, {"train": {"device": None}})
+    # Nor where a model file lies (a study folder and its spec may move together); its sha256 is compared.
+    source = {k: None for k in ("path", "root")} if cfg.get("model", {}).get("source") else {}
+    return merge(cfg, {"train": {"device": None}, "model": {"source": source}})
 
 
 def run_dir_name(experiment: str, seed: int) -> str:
@@ -146,6 +156,8 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
     n_seeds = seeds if seeds is not None else spec.seeds
     if n_seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {n_seeds}")
+    from cifarlab.models.external import source_change
+
     params = check_models(spec)
     folder = Path(out) if out is not None else Path("runs") / spec.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -156,6 +168,11 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
         finished = {(r.experiment, r.seed): r for r in store.runs()}
         for (name, seed), rec in finished.items():
             exp = next((e for e in spec.experiments if e.name == name), None)
+            changed = source_change(rec.config, to_dict(exp.config)) if exp is not None else None
+            if changed:
+                raise ConfigError(f"experiment '{name}' seed {seed} in '{folder}' was trained before {changed}; "
+                                  "use another --out, or put the file back as it was (results there were left "
+                                  "untouched)")
             if exp is not None and _comparable(to_dict(with_seed(exp.config, seed))) != _comparable(rec.config):
                 raise ConfigError(f"experiment '{name}' seed {seed} in '{folder}' was run with a different "
                                   f"configuration; use another --out (results there were left untouched)")

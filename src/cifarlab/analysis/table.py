@@ -14,7 +14,7 @@ import torch
 from torch import fx, nn
 
 from cifarlab.analysis.geometry import Geom, GeometryError, Pair, Window
-from cifarlab.analysis.rules import Op, Spatial, rule_for
+from cifarlab.analysis.rules import MODULE_RULES, Op, Spatial, rule_for
 from cifarlab.errors import CifarlabError
 
 _PROBE_BATCH = 2  # not 1: a stray x.squeeze() would also drop the batch axis and skew per-image counts
@@ -81,7 +81,7 @@ def layer_table(model: nn.Module, input_shape: tuple[int, int, int] = (3, 32, 32
     if len(input_shape) != 3 or not all(isinstance(v, int) and v > 0 for v in input_shape):
         raise AnalysisError(f"input shape must be (C, H, W) with positive sizes, got {tuple(input_shape)}")
     try:
-        graph = fx.symbolic_trace(model)
+        graph = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as exc:  # any failure inside a user's forward: report it, do not guess
         raise AnalysisError(f"cannot trace {type(model).__name__} with torch.fx ({_first_line(exc)}); "
                             "a forward without data-dependent control flow is needed") from exc
@@ -115,6 +115,18 @@ def layer_table(model: nn.Module, input_shape: tuple[int, int, int] = (3, 32, 32
         macs=sum(r.macs for r in rows),
         activation_bytes_per_image=walker.activation_values * _BYTES_PER_VALUE,
     )
+
+
+class _Tracer(fx.Tracer):
+    """fx's tracer, which also keeps subclasses of known layers whole (cifarlab.layers.LayerNorm2d, a user's
+    `class MyConv(nn.Conv2d)`), so they get a row under their own class name instead of the functional
+    calls inside them. Only when the subclass keeps its base's forward: one that overrides it is traced."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        base = next((c for c in type(m).__mro__ if c in MODULE_RULES), None)
+        if base is not None and type(m).forward is base.forward:
+            return True
+        return super().is_leaf_module(m, qualname)
 
 
 class _Walker(fx.Interpreter):

@@ -41,10 +41,10 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cifarlab.analysis import format_table, layer_table
-    from cifarlab.models import check_budget, create_model
+    from cifarlab.models import check_budget, model_from_config
 
     cfg = model_config(args)
-    model = create_model(cfg.name, **cfg.options)
+    model = model_from_config(cfg)
     print(format_table(layer_table(model, args.input), args.format))
     try:
         n = check_budget(model, args.max_params, cfg.name)

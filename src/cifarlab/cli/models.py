@@ -5,7 +5,7 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("models", help="list the models with their parameter counts and options")
+    p = sub.add_parser("models", help="list the registry's models with their parameter counts and options")
     p.set_defaults(func=run)
 
 
@@ -19,4 +19,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<{w0}}  {params:>{w1}}  {doc}")
         opts = ", ".join(f"{k}={v}" for k, v in model_options(name).items())
         print(f"{'':<{w0}}  {'':>{w1}}  options: {opts}")
+    print("your own model: --model path/to/file.py:Net (an nn.Module class or a function returning one), "
+          "also in `cifarlab inspect` and study specs; see README, 'Your own model'")
     return 0

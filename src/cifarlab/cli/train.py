@@ -11,20 +11,22 @@ from cifarlab.cli.common import HelpFormatter, add_config_args, run_config
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train one model and write a run folder",
                        description="Train one model; writes OUT/{config.json, history.csv, history.json, "
-                                   "model.pt, predictions.npz}.",
+                                   "model.pt, predictions.npz} (+ model_source.py for a FILE.py:NAME model).",
                        formatter_class=HelpFormatter)
     add_config_args(p)
     out = p.add_argument_group("output")
-    out.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<date>-<time>)")
+    out.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<date>-<time>; "
+                     "net.py:Net -> runs/net-Net-...)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cifarlab.experiment import run_experiment
+    from cifarlab.models.external import run_name
 
     cfg = run_config(args)
-    out = Path(args.out or f"runs/{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out or f"runs/{run_name(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
     history = run_experiment(cfg, out, overwrite=args.overwrite)
     final, meta = history.final, history.meta
     print(f"final test accuracy {final['test_acc']:.4f}"

@@ -12,11 +12,12 @@ def layer_table_blocks(config: dict[str, Any]) -> list[Block]:
     # Imported here: they load torch, which only a report that shows layer tables needs.
     from cifarlab.analysis import layer_table
     from cifarlab.analysis.formats import display
-    from cifarlab.models import create_model
+    from cifarlab.config import ModelConfig, from_dict
+    from cifarlab.models import model_from_config
 
-    model_cfg = config.get("model", {})
-    try:  # a model no longer registered, or a layer the analysis has no rule for (AnalysisError)
-        table = layer_table(create_model(model_cfg["name"], **model_cfg.get("options", {})), input_shape=(3, 32, 32))
+    try:  # a model no longer registered, a changed model file, a layer the analysis has no rule for
+        model = model_from_config(from_dict(ModelConfig, config.get("model", {})))  # a file model: the recorded file
+        table = layer_table(model, input_shape=(3, 32, 32))
     except CifarlabError as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         return [Para(f"Layer table unavailable ({exc.__class__.__name__}: {first_line}).", "note")]
