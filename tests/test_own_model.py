@@ -447,3 +447,34 @@ def test_the_example_walkthrough_runs_end_to_end(tmp_path):
     assert (runs / "study" / "report.html").is_file() and (runs / "api-gn" / "history.json").is_file()
     assert "within budget: 40,316 <= 50,000" in proc.stdout
     assert "from Python: test accuracy" in proc.stdout
+
+
+def test_a_model_that_flattens_with_view_trains_in_nchw_where_channels_last_would_break_it():
+    # On CUDA the trainer puts models and batches in channels_last; `x.view(x.size(0), -1)` on such a
+    # map raises. The trainer probes a copy first and keeps NCHW for such a model (CPU-testable).
+    import torch
+    from torch import nn
+
+    from cifarlab.train import _memory_format
+
+    class ViewNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.fc = nn.Linear(4 * 32 * 32, 10)
+
+        def forward(self, x):
+            return self.fc(self.bn(self.conv(x)).view(x.size(0), -1))
+
+    class PoolNet(ViewNet):
+        def forward(self, x):
+            return self.fc(torch.flatten(self.bn(self.conv(x)), 1))
+
+    probe = torch.randn(2, 3, 32, 32)
+    view_net = ViewNet()
+    before = {k: v.clone() for k, v in view_net.state_dict().items()}
+    assert _memory_format(view_net, probe) == torch.contiguous_format
+    assert _memory_format(PoolNet(), probe) == torch.channels_last
+    assert all(torch.equal(before[k], v) for k, v in view_net.state_dict().items())  # BN stats untouched
+    assert view_net.training

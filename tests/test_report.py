@@ -233,14 +233,17 @@ def test_report_without_the_dataset_still_renders_and_says_so(study, tmp_path):
     assert "comparison" in page
 
 
-def test_layer_table_is_the_one_cifarlab_inspect_prints(records):
+@pytest.mark.parametrize("recorded", [True, False], ids=["layers.json", "registry model rebuilt"])
+def test_layer_table_is_the_one_cifarlab_inspect_prints(study, records, tmp_path, recorded):
     from cifarlab.analysis import format_table, layer_table
     from cifarlab.models import create_model
     from cifarlab.report.doc import Document, render_markdown
     from cifarlab.report.layers import layer_table_blocks
 
     config = records[0].config
-    blocks = layer_table_blocks(config)
+    run_dir = study / records[0].run_dir if recorded else tmp_path  # tmp_path: a run from before layers.json
+    assert (run_dir / "layers.json").is_file() == recorded
+    blocks = layer_table_blocks(run_dir, config)
     table = blocks[0]
     align = {c.name: c.align for c in table.columns}
     assert (align["layer"], align["output"], align["params"], align["R_out"]) == ("l", "l", "r", "r")
@@ -258,12 +261,12 @@ def test_layer_table_of_a_model_no_longer_registered_becomes_a_note():
     from cifarlab.report.doc import Para
     from cifarlab.report.layers import layer_table_blocks
 
-    [note] = layer_table_blocks({"model": {"name": "retired-net", "options": {}}})
+    [note] = layer_table_blocks(Path("nowhere"), {"model": {"name": "retired-net", "options": {}}})
     assert isinstance(note, Para) and note.kind == "note"
     assert note.text.startswith("Layer table unavailable (ConfigError: unknown model 'retired-net'")
 
 
-def test_a_bug_in_the_analysis_is_not_hidden_in_a_note(records, monkeypatch):
+def test_a_bug_in_the_analysis_is_not_hidden_in_a_note(records, monkeypatch, tmp_path):
     import cifarlab.analysis
     from cifarlab.report.layers import layer_table_blocks
 
@@ -272,7 +275,22 @@ def test_a_bug_in_the_analysis_is_not_hidden_in_a_note(records, monkeypatch):
 
     monkeypatch.setattr(cifarlab.analysis, "layer_table", broken)
     with pytest.raises(TypeError, match="a bug"):
-        layer_table_blocks(records[0].config)
+        layer_table_blocks(tmp_path, records[0].config)
+
+
+def test_a_report_never_imports_a_model_file_named_in_a_study_folder(tmp_path):
+    from cifarlab.report.doc import Para
+    from cifarlab.report.layers import layer_table_blocks
+
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "net.py"
+    hostile.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    [note] = layer_table_blocks(tmp_path, {"model": {"name": f"{hostile}:Net", "options": {}}})
+    assert isinstance(note, Para) and "does not run a study's model files" in note.text
+    assert not marker.exists()
+    (tmp_path / "layers.json").write_text("{not json")
+    [note] = layer_table_blocks(tmp_path, {"model": {"name": f"{hostile}:Net", "options": {}}})
+    assert "layers.json is unreadable" in note.text and not marker.exists()
 
 
 def test_a_row_with_a_cell_too_many_is_refused():

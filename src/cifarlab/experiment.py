@@ -18,6 +18,21 @@ from cifarlab.rundir import RunDir, check_free, code_version, save_checkpoint, w
 from cifarlab.train import History, resolve_device, seed_everything, train
 
 SOURCE_COPY = "model_source.py"  # a run's copy of the file its model came from
+LAYERS = "layers.json"  # the model's layer table as data: reports read it instead of rebuilding the model
+
+
+def layers_json(model: nn.Module) -> str | None:
+    """The layer table (`cifarlab inspect --format json`), or None for a model the analysis cannot trace.
+
+    Written at training time, when the model is at hand, so that a report never has to import a
+    model file recorded in a study folder (opening a folder must not run its code).
+    """
+    from cifarlab.analysis import AnalysisError, format_table, layer_table
+
+    try:
+        return format_table(layer_table(model, (3, 32, 32)), "json") + "\n"
+    except AnalysisError:
+        return None
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
@@ -55,8 +70,8 @@ def save_predictions(path: Path, logits: torch.Tensor, labels: torch.Tensor) -> 
 
 def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None = None, overwrite: bool = False,
                    log: Callable[[str], None] | None = log_line, model: nn.Module | None = None) -> History:
-    """Train one run and write `out/{config.json, history.csv, history.json, model.pt, predictions.npz}`, and
-    `model_source.py` when the model came from a file or module.
+    """Train one run and write `out/{config.json, history.csv, history.json, model.pt, predictions.npz,
+    layers.json}`, and `model_source.py` when the model came from a file or module.
 
     Every check (config, model, budget, data) runs before the output folder is created; the config
     checked itself when it was made. `model`: train this object (already initialised) instead of building
@@ -69,6 +84,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     else:
         check_model(model, cfg)
     code = source_code(cfg.model.source)  # read before the folder exists: a file that changed fails cleanly
+    layers = layers_json(model)
     check_free(out, overwrite)  # before the data load, which can take a while on a first start
     if data is None:
         data = load_data(cfg)
@@ -77,6 +93,8 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     write_json(rundir.stage / "config.json", config)
     if code is not None:
         (rundir.stage / SOURCE_COPY).write_bytes(code)
+    if layers is not None:
+        (rundir.stage / LAYERS).write_text(layers)
     meta = {"params": count_params(model), "non_trainable_params": count_params(model, trainable=False),
             "classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}
     rows: list[dict] = []

@@ -109,8 +109,11 @@ TTA_VIEWS: dict[str, tuple[tuple[int, int, bool], ...]] = {
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000, tta: bool | str = False,
-            autocast: Callable = nullcontext) -> torch.Tensor:
-    """Logits (N, classes) in float32, averaged over the TTA views (`True` means "flip")."""
+            autocast: Callable = nullcontext, memory_format: torch.memory_format | None = None) -> torch.Tensor:
+    """Logits (N, classes) in float32, averaged over the TTA views (`True` means "flip").
+
+    `memory_format`: the layout the model's inputs take (None: as given; training on CUDA passes the
+    run's, channels_last unless the model cannot take it)."""
     views = TTA_VIEWS["flip" if tta is True else (tta or "none")]
     was_training = model.training
     model.eval()
@@ -120,8 +123,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000, tta: bool
         out = 0
         for dy, dx, mirrored in views:
             xv = _translate(xb.flip(3) if mirrored else xb, dy, dx)
-            if xv.is_cuda:
-                xv = xv.contiguous(memory_format=torch.channels_last)
+            if memory_format is not None:
+                xv = xv.contiguous(memory_format=memory_format)
             with autocast():
                 out = out + model(xv).float()
         outs.append(out / len(views))
@@ -129,15 +132,15 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000, tta: bool
     return torch.cat(outs)
 
 
-def _evaluate(model, split: Split, cfg: TrainConfig, autocast, tta: bool,
+def _evaluate(model, split: Split, cfg: TrainConfig, autocast, fmt, tta: bool,
               rich_tta: bool = False) -> tuple[dict, torch.Tensor]:
     """Device-tensor metrics of `split`, and its logits (flip-TTA averaged when `tta`): no host sync."""
-    logits = predict(model, split.x, cfg.eval_batch_size, False, autocast)
+    logits = predict(model, split.x, cfg.eval_batch_size, False, autocast, fmt)
     out = {"loss": F.cross_entropy(logits, split.y), "acc": (logits.argmax(1) == split.y).float().mean()}
     kept = logits
     for key, kind, wanted in (("acc_tta", "flip", tta), ("acc_tta6", "flip-shift", rich_tta)):
         if wanted:
-            view_logits = predict(model, split.x, cfg.eval_batch_size, kind, autocast)
+            view_logits = predict(model, split.x, cfg.eval_batch_size, kind, autocast, fmt)
             out[key] = (view_logits.argmax(1) == split.y).float().mean()
             if kind == "flip":
                 kept = view_logits
@@ -202,10 +205,12 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         torch.backends.cudnn.benchmark = True
         if device.index is not None:
             torch.cuda.set_device(device)  # so synchronize(), caches and compiled kernels use this GPU
-        model = model.to(device, memory_format=torch.channels_last)
+        fmt = _memory_format(model, data.train.x[:2])
+        model = model.to(device, memory_format=fmt)
     else:
         keep_freed_memory()
         model = model.to(device)
+        fmt = None
     data = data.to(device)
     init_from_data = getattr(model, "init_from_data", None)
     if init_from_data is not None:  # e.g. budget-net's whitening stem; before warm-up saves the weights
@@ -235,7 +240,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
 
     warmup_seconds = 0.0
     if compiled or use_cuda or graph:
-        compiled, warmup_seconds = _prepare(step, data, cfg, bs, autocast, compiled, graph, plan, log)
+        compiled, warmup_seconds = _prepare(step, data, cfg, bs, autocast, fmt, compiled, graph, plan, log)
         net = step.net
     seed_everything(cfg.seed)
     gen = torch.Generator(device=device)
@@ -263,8 +268,8 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
                 part = slice(first * bs, min(steps, first + chunk) * bs)
                 xs = augment(data.train.x[order[part]], draws[part])  # (chunk * bs, 3, 32, 32)
                 ys = data.train.y[order[part]]
-                if use_cuda:
-                    xs = xs.contiguous(memory_format=torch.channels_last)
+                if fmt is not None:
+                    xs = xs.contiguous(memory_format=fmt)
                 for i in range(first, first + ys.shape[0] // bs):
                     k = (i - first) * bs
                     step.run(xs[k: k + bs], ys[k: k + bs], i)
@@ -278,7 +283,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         loop_seconds = time.perf_counter() - t0
         eval_model = ema.model if ema is not None else net
         row, history.test_logits = _epoch_row(epoch, step.loss_sum, step.correct, steps * bs, rows[0][0]["lr"],
-                                              eval_model, data, cfg, autocast)
+                                              eval_model, data, cfg, autocast, fmt)
         row["seconds"] = time.perf_counter() - t0
         row["train_seconds"] = loop_seconds
         plan.end_epoch(row.get("val_loss", row["train_loss"]))  # plateau never watches the test set
@@ -306,7 +311,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     return history
 
 
-def _prepare(step: TrainStep, data: DataSplits, cfg: TrainConfig, bs: int, autocast, compiled: bool,
+def _prepare(step: TrainStep, data: DataSplits, cfg: TrainConfig, bs: int, autocast, fmt, compiled: bool,
              graph: bool, plan: StepPlan, log) -> tuple[bool, float]:
     """Compile, autotune and capture before the timed epochs; (still compiled?, seconds taken).
 
@@ -316,20 +321,20 @@ def _prepare(step: TrainStep, data: DataSplits, cfg: TrainConfig, bs: int, autoc
     t0 = time.perf_counter()
     use_cuda = step.device.type == "cuda"
     xb, yb = data.train.x[:bs], data.train.y[:bs]
-    if use_cuda:
-        xb = xb.contiguous(memory_format=torch.channels_last)
+    if fmt is not None:
+        xb = xb.contiguous(memory_format=fmt)
     state = step.snapshot()
     try:
         if compiled:
             try:
-                _warm_up(step, data, cfg, xb, yb, autocast, eval_too=not cfg.ema)
+                _warm_up(step, data, cfg, xb, yb, autocast, fmt, eval_too=not cfg.ema)
             except Exception as exc:  # noqa: BLE001 - e.g. no C compiler for Triton, an op inductor cannot lower
                 # A run that cannot compile can still train: say so and go on eagerly.
                 _warn(log, "torch.compile failed", exc, "training without it")
                 step.net, compiled = step.model, False
                 torch.compiler.reset()
         if use_cuda and not compiled:  # cuDNN picks its algorithms on the first calls of each shape
-            _warm_up(step, data, cfg, xb, yb, autocast)
+            _warm_up(step, data, cfg, xb, yb, autocast, fmt)
         if graph:
             try:
                 step.capture(xb, yb, plan.rows(1))
@@ -351,15 +356,16 @@ def _warn(log, what: str, exc: Exception, outcome: str) -> None:
 
 
 def _epoch_row(epoch, loss_sum, correct, seen, lr, model, data: DataSplits, cfg,
-               autocast) -> tuple[dict, torch.Tensor]:
+               autocast, fmt) -> tuple[dict, torch.Tensor]:
     """The epoch's history row and its test logits (see `History.test_logits`)."""
     # The single host sync of the epoch happens here, after the evaluation is queued too.
     metrics = {"train_loss": loss_sum / seen, "train_acc": correct.float() / seen}
     if data.val is not None:
-        ev, _ = _evaluate(model, data.val, cfg, autocast, False)
+        ev, _ = _evaluate(model, data.val, cfg, autocast, fmt, False)
         metrics.update(val_loss=ev["loss"], val_acc=ev["acc"])
     # The 6-view TTA costs 6 passes over the test set: only at the last epoch.
-    ev, test_logits = _evaluate(model, data.test, cfg, autocast, cfg.tta, rich_tta=cfg.tta and epoch == cfg.epochs)
+    ev, test_logits = _evaluate(model, data.test, cfg, autocast, fmt, cfg.tta,
+                                rich_tta=cfg.tta and epoch == cfg.epochs)
     metrics.update({f"test_{k}": v for k, v in ev.items()})
     values = torch.stack([v.float() for v in metrics.values()]).tolist()
     row = {"epoch": epoch}
@@ -370,7 +376,8 @@ def _epoch_row(epoch, loss_sum, correct, seen, lr, model, data: DataSplits, cfg,
     return row, test_logits
 
 
-def _warm_up(step: TrainStep, data: DataSplits, cfg: TrainConfig, xb, yb, autocast, eval_too: bool = True) -> None:
+def _warm_up(step: TrainStep, data: DataSplits, cfg: TrainConfig, xb, yb, autocast, fmt,
+             eval_too: bool = True) -> None:
     """Compile / autotune on throw-away steps and evaluations; the caller restores the state.
 
     Full steps (forward, backward, optimiser, EMA), so that everything a step runs is compiled or
@@ -385,7 +392,23 @@ def _warm_up(step: TrainStep, data: DataSplits, cfg: TrainConfig, xb, yb, autoca
             ragged = len(split) % cfg.eval_batch_size
             for xs in (split.x[: cfg.eval_batch_size], split.x[len(split) - ragged:] if ragged else None):
                 if xs is not None and len(xs):
-                    predict(step.net, xs, cfg.eval_batch_size, cfg.tta, autocast)
+                    predict(step.net, xs, cfg.eval_batch_size, cfg.tta, autocast, fmt)
+
+
+@torch.no_grad()
+def _memory_format(model: nn.Module, probe: torch.Tensor) -> torch.memory_format:
+    """channels_last (faster cuDNN convolutions) unless the model's forward cannot take it.
+
+    Course models often flatten with `x.view(x.size(0), -1)`, which a channels_last map refuses
+    ("view size is not compatible with input tensor's size and stride"); they train in NCHW instead.
+    Probed on a copy, in eval mode, so nothing of the model (BN statistics) changes.
+    """
+    trial = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    try:
+        trial(probe.contiguous(memory_format=torch.channels_last))
+        return torch.channels_last
+    except RuntimeError:
+        return torch.contiguous_format
 
 
 def _device_name(device: torch.device) -> str:

@@ -7,7 +7,7 @@ node by node, the real output shape and the geometry a rule in `rules.py` derive
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -74,6 +74,18 @@ class LayerTable:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, numbers, strings) for JSON."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LayerTable":
+        """The table `to_dict` wrote (JSON lists back to tuples); AnalysisError when it is not one."""
+        try:
+            names = {f.name for f in fields(LayerRow)}
+            rows = [LayerRow(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in names})
+                    for r in data["rows"]]
+            return cls(tuple(data["input_shape"]), rows, int(data["trainable_params"]),
+                       int(data["non_trainable_params"]), int(data["macs"]), int(data["activation_bytes_per_image"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AnalysisError(f"not a layer table ({exc.__class__.__name__}: {exc})") from None
 
 
 def layer_table(model: nn.Module, input_shape: tuple[int, int, int] = (3, 32, 32)) -> LayerTable:

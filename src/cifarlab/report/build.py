@@ -225,7 +225,7 @@ def experiment_section(exp: Experiment, tag: str, study: Study, preds: list[Pred
     blocks += mistakes_block(exp, tag, study, images, classes)
     key = json.dumps(exp.runs[0].config.get("model", {}), sort_keys=True)
     if key not in layers:
-        layers[key] = layer_table_blocks(exp.runs[0].config)
+        layers[key] = layer_table_blocks(study.folder / exp.runs[0].run_dir, exp.runs[0].config)
     blocks.append(Details(f"Layer table of `{exp.runs[0].model}` (parameters, shapes, receptive field)",
                           layers[key]))
     return blocks
