@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from cifarlab.config import SettingError, check_model_options
 from cifarlab.errors import BudgetError, ConfigError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -59,6 +60,11 @@ def create_model(name: str, **options: Any) -> nn.Module:
         if default is not None and (wrong_bool or not isinstance(value, type(default))):
             if wrong_bool or not (isinstance(default, float) and isinstance(value, int)):
                 raise ConfigError(f"model '{name}' option '{key}' expects {type(default).__name__}, got {value!r}")
+    numbers = {k: v for k, v in options.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    try:  # ranges: ModelConfig checked them already, a direct call (a config read back from a store) not
+        check_model_options(numbers)
+    except SettingError as exc:
+        raise ConfigError(f"model '{name}' option {exc}") from None
     return fn(**options)
 
 
