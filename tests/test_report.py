@@ -84,11 +84,11 @@ def study(tmp_path_factory, data_root) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(study) -> tuple[Path, Path]:
-    """`cifarlab report STUDY`, as a user runs it."""
+def report(study, data_root) -> tuple[Path, Path]:
+    """`cifarlab report STUDY --data DATA`, as a user runs it (the report never reads the data root a study recorded)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["report", str(study)]) == 0
+        assert main(["report", str(study), "--data", str(data_root)]) == 0
     assert "report.html" in out.getvalue()
     return study / "report.html", study / "report.md"
 
