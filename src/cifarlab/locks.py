@@ -28,6 +28,23 @@ def _holder(fd: int) -> str:
         time.sleep(0.02)
 
 
+def holder(folder: str | os.PathLike) -> str | None:
+    """Who holds `folder`'s lock: a pid ('' when unknown), or None when nobody does."""
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # also releases the lock if we took it
+    return None
+
+
 class FolderLock:
     """`with FolderLock(folder):` holds `folder`'s lock or raises ConfigError naming the holder."""
 

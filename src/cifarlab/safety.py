@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from cifarlab.errors import ConfigError
+from cifarlab.locks import holder
 from cifarlab.store import STORE_NAME, Store, StoreError
 
 # `.<name>.cifarlab-<pid>-<8 hex>` while a run is built; `...-old` briefly holds a run being replaced.
@@ -78,8 +79,11 @@ def replace_problem(path: Path) -> str | None:
         return "is a symbolic link"
     if not path.is_dir():
         return "is not a folder"
-    if is_run_folder(path) or is_study_folder(path):
+    if is_run_folder(path):
         return None
+    if is_study_folder(path):
+        pid = holder(path)
+        return None if pid is None else f"is a study folder in use by another process{f' (pid {pid})' if pid else ''}"
     return "is not a cifarlab run or study folder"
 
 

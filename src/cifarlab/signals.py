@@ -34,12 +34,21 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _interrupt_once(signum, frame) -> None:
+    # Ctrl-C reaches a worker and then its parent's SIGTERM does: the second must not cut short the
+    # saving of the finished epochs that the first started.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """A pool worker's task: Ctrl-C and SIGTERM interrupt it (and keep its finished epochs), while an
-    idle worker ignores both (its parent stops it)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler), signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    """A pool worker's task: the first Ctrl-C or SIGTERM interrupts it (and keeps its finished epochs),
+    while an idle worker ignores both (its parent stops it)."""
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, _interrupt_once)
     try:
         yield
     finally:
