@@ -10,7 +10,7 @@ import os
 import time
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -121,6 +121,9 @@ def run_dir_name(experiment: str, seed: int) -> str:
     return f"{experiment}/seed-{seed}"
 
 
+_IN_WORKER = False  # True in pool workers (_start_worker)
+
+
 def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: int = 0) -> RunRecord:
     """Train one (experiment, seed) into its run folder; runs in a worker process when --jobs > 1."""
     import torch
@@ -131,17 +134,9 @@ def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: 
         torch.set_num_threads(threads)
     rel = run_dir_name(experiment, seed)
     # overwrite: a run folder the store does not list (its study was killed between the two) is redone.
-    with signals.interruptible() if _IN_WORKER else _nothing():
+    with signals.interruptible() if _IN_WORKER else nullcontext():
         history = run_experiment(cfg, folder / rel, overwrite=True, log=None)
     return RunRecord.of_run(experiment, seed, rel, to_dict(cfg), history.rows, history.meta)
-
-
-_IN_WORKER = False  # set in pool workers
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def _start_worker(parent: int, devices) -> None:
