@@ -491,6 +491,8 @@ DAMAGED_ROWS = {
     "config-a-list": ("UPDATE runs SET config = '[1, 2]' WHERE experiment = 'other'", "not dict"),
     "seed-as-text": ("UPDATE runs SET seed = 'zero' WHERE experiment = 'other'", "'seed'"),
     "null-json": ("UPDATE runs SET history = 'null' WHERE experiment = 'other'", "not list"),
+    "nested-too-deep": ("UPDATE runs SET config = ? WHERE experiment = 'other'", "not valid JSON"),
+    "config-as-blob": ("UPDATE runs SET config = x'00ff' WHERE experiment = 'other'", "not valid JSON"),
 }
 
 
@@ -498,7 +500,7 @@ DAMAGED_ROWS = {
 def test_a_damaged_store_row_is_left_out_with_a_note(cli, tmp_path, kind):
     statement, needle = DAMAGED_ROWS[kind]
     folder = synthetic_study(tmp_path / "study")
-    _sql(folder, statement)
+    _sql(folder, statement, *(["[" * 100_000] if "?" in statement else []))
     page, md = report(cli, folder)
     assert "Left out, damaged in the study folder" in page and needle.replace("'", "&#x27;") in page
     assert "<strong>base</strong>" in page and "Not in the table (no finished run yet): other" in page

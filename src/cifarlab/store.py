@@ -183,7 +183,7 @@ class Store:
         for key, value in self._query("SELECT key, value FROM meta"):
             try:
                 out[str(key)] = json.loads(value)
-            except (TypeError, ValueError):
+            except Exception:  # noqa: BLE001 - not JSON, not text, nested too deep, ...
                 self._damaged(f"study fact '{key}' in '{self.path}' is not valid JSON", damaged)
         return out
 
@@ -218,11 +218,11 @@ class Store:
         for r in rows:
             d = dict(zip(names, r))
             try:
-                d["config"] = json.loads(d["config"])
-                d["history"] = json.loads(d["history"])
-                problem = _record_problem(d)
-            except (TypeError, ValueError, AttributeError) as exc:
+                d["config"], d["history"] = json.loads(d["config"]), json.loads(d["history"])
+            except Exception as exc:  # noqa: BLE001 - not JSON, not text, nested too deep, ...
                 problem = f"not valid JSON ({exc.__class__.__name__})"
+            else:
+                problem = _record_problem(d)
             if problem:
                 self._damaged(f"run '{d['experiment']}' seed {d['seed']} in '{self.path}' is damaged: {problem}",
                               damaged)
