@@ -251,7 +251,7 @@ def test_two_studies_started_together_train_each_run_once(data, tmp_path):
 
 
 def test_a_second_study_started_later_is_refused_and_leaves_the_first_alone(data, tmp_path):
-    spec = write_spec(tmp_path / "s.toml", data, {"a": 30, "b": 1})
+    spec = write_spec(tmp_path / "s.toml", data, {"a": 1000, "b": 1})
     folder = tmp_path / "study"
     first = start("study", spec, "--out", folder, cwd=tmp_path)
     stage = wait_for(lambda: training_stage(folder / "a", "seed-0"), "the first study to train", first)
@@ -259,14 +259,15 @@ def test_a_second_study_started_later_is_refused_and_leaves_the_first_alone(data
     assert rc == 2
     line = one_line(err)
     assert str(folder) in line and f"pid {first.pid}" in line and "in use" in line
-    assert stage.is_dir() or (folder / "a" / "seed-0").is_dir()  # its in-flight run was not touched
-    problem = replace_problem(folder)  # what `train --out STUDY --overwrite` would be told
-    if first.poll() is None:  # (the first study was still running after the check, so during it too)
-        assert f"in use by another process (pid {first.pid})" in problem
+    # The first goes on training in the stage it had: the second neither deleted it nor trained.
+    done = epochs_in(stage)
+    wait_for(lambda: epochs_in(stage) > done, "the first study to finish another epoch", first)
+    assert "[1/" not in out and list((folder / "a").glob(".seed-0.cifarlab-*")) == [stage]
+    assert f"in use by another process (pid {first.pid})" in replace_problem(folder)  # nor replaced by a train
+    first.terminate()
     rc, out, err = finish(first)
-    assert rc == 0 and "Traceback" not in err, err
-    assert store_runs(folder) == [("a", 0), ("b", 0)]
-    assert epochs_in(folder / "a" / "seed-0") == 30
+    assert rc == 143 and one_line(err) == "cifarlab study: terminated (SIGTERM)"
+    assert epochs_in(folder / "a" / "seed-0.incomplete") > done
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

@@ -20,7 +20,7 @@ LOCK_NAME = ".cifarlab.lock"
 
 def _holder(fd: int) -> str:
     """The pid the holder wrote into the lock file ('' if it has not yet)."""
-    deadline = time.monotonic() + 1.0  # the holder writes its pid just after taking the lock
+    deadline = time.monotonic() + 5.0  # the holder writes its pid just after taking the lock
     while True:
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
         if text.isdigit() or time.monotonic() > deadline:
