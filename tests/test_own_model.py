@@ -478,3 +478,12 @@ def test_a_model_that_flattens_with_view_trains_in_nchw_where_channels_last_woul
     assert _memory_format(PoolNet(), probe) == torch.channels_last
     assert all(torch.equal(before[k], v) for k, v in view_net.state_dict().items())  # BN stats untouched
     assert view_net.training
+
+
+def test_a_file_model_may_mean_something_else_by_an_option_name_the_registry_models_use(cli, tmp_path):
+    # budget-net's `stem` and s8-net's `width` are channel counts (ints >= 1); a user's model is free to
+    # take `width=0.5` as a multiplier. Only the shared options (norm, groups, dropout) bind every model.
+    path = write(tmp_path, "mult.py", NET.replace("width: int = 8", "width: float = 1.0")
+                 .replace("Norm = norm_layer(norm, groups)", "Norm = norm_layer(norm, groups); width = int(8 * width)"))
+    assert cli("inspect", f"{path}:Net", "-O", "width=0.5").code == 0
+    assert_one_line_error(cli("inspect", "s8-net", "-O", "width=1"), "-O width", "must be >= 2")

@@ -120,7 +120,7 @@ def report_html(tmp_path_factory) -> Path:
 
     data_root = make_image_folder(tmp_path_factory.mktemp("data"))
     study = build_synthetic_study(tmp_path_factory.mktemp("study"), data_root)
-    html_path, _ = write_report(study)
+    html_path, _ = write_report(study, data_root=str(data_root))
     return html_path
 
 

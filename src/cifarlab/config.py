@@ -12,6 +12,7 @@ import math
 import re
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -222,8 +223,11 @@ def folder_name_problem(name: str) -> str | None:
         return f"'{name}' is not usable as a folder name"
     if "/" in name or "\\" in name or name.startswith(".") or name.startswith("~"):
         return f"'{name}' is not usable as a folder name (no path separators, no leading '.' or '~')"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    # Cc/Cf/Zl/Zp/Cs: control and invisible format characters (NUL, ESC, U+202E, ...) and surrogates.
+    if any(ord(c) == 127 or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs") for c in name):
         return f"{name!r} is not usable as a folder name (control characters)"
+    if name != name.strip():
+        return f"{name!r} is not usable as a folder name (leading or trailing white space)"
     if len(name.encode()) > 100:
         return f"'{name[:20]}...' is too long for a folder name ({len(name.encode())} bytes, at most 100)"
     if name.lower() in RESERVED_NAMES or name.endswith((".incomplete", ".lock")):
@@ -262,6 +266,39 @@ class CommonModelOptions(Settings):
     dropout: float | None = setting(None, "dropout probability; default: the model's", ge=0, lt=1, group="model")
 
 
+# The ranges of the options single models take (-O KEY=VALUE, a spec's `options`); an option name
+# means the same in every model that takes it. No flags of their own.
+@dataclass(frozen=True)
+class ModelOptionRanges(Settings):
+    width: int | None = setting(None, "s8-net: channels of its widest layers", ge=2, cli=False)
+    stem: int | None = setting(None, "budget-net: stem channels", ge=1, cli=False)
+    w1: int | None = setting(None, "budget-net: channels of stage 1", ge=1, cli=False)
+    w2: int | None = setting(None, "budget-net: channels of stage 2", ge=1, cli=False)
+    w3: int | None = setting(None, "budget-net: channels of stage 3", ge=1, cli=False)
+    logit_scale: float | None = setting(None, "budget-net: factor on the logits", gt=0, cli=False)
+    dense_units: int | None = setting(None, "keras-cnn: units of the hidden dense layer", ge=1, cli=False)
+    dropout_conv: float | None = setting(None, "keras-cnn: dropout after each conv block", ge=0, lt=1, cli=False)
+    dropout_dense: float | None = setting(None, "keras-cnn: dropout before the last layer", ge=0, lt=1, cli=False)
+
+
+def check_model_options(options: dict[str, Any], registry: bool = True) -> None:
+    """Range-check model options (CommonModelOptions, and ModelOptionRanges for `registry` models; any
+    number must be finite). A user's model file may mean something else by `width`, so only the shared
+    options bind it.
+
+    Raises SettingError whose path is the option's name. Which options a model takes is the
+    registry's business (models.create_model).
+    """
+    for key, value in options.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingError((key,), f"must be a finite number, got {value}")
+    CommonModelOptions(**{k: v for k, v in options.items() if k in CommonModelOptions.__dataclass_fields__})
+    # Ranges only: an option of the wrong type gets the registry's message, which knows the model.
+    numbers = {k: v for k, v in options.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if registry:
+        ModelOptionRanges(**{k: v for k, v in numbers.items() if k in ModelOptionRanges.__dataclass_fields__})
+
+
 @dataclass(frozen=True)
 class ModelConfig(Settings):
     name: str = setting("s8-net", "a model from `cifarlab models`, or your own: FILE.py:NAME or package.module:NAME",
@@ -274,9 +311,8 @@ class ModelConfig(Settings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        common = {k: v for k, v in self.options.items() if k in CommonModelOptions.__dataclass_fields__}
-        try:  # the shared options carry their ranges in specs too, not only on the command line
-            CommonModelOptions(**common)
+        try:  # option ranges hold in specs too, not only on the command line
+            check_model_options(self.options, registry=":" not in self.name)
         except SettingError as exc:
             raise exc.under("options") from None
 

@@ -10,3 +10,10 @@ def log_line(line: str) -> None:
 def plural(n: int, noun: str) -> str:
     """'1 seed', '5 seeds'."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def warn(line: str) -> None:
+    """A warning: one line on stderr, the work goes on."""
+    import sys
+
+    print(line, file=sys.stderr, flush=True)

@@ -7,10 +7,11 @@ A folder may hold the official python batches (`cifar-10-batches-py/`) or an ima
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cifarlab.console import warn
 from cifarlab.errors import DataError
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -106,28 +108,65 @@ def find_root(root: str | os.PathLike | None = None) -> Path | None:
 # Decoding
 
 
-def _read_batches(folder: Path) -> Cifar10:
-    def unpickle(name: str) -> dict:
-        path = folder / name
-        if not path.is_file():
-            raise DataError(f"'{path}' is missing (expected the official CIFAR-10 python batches)")
-        try:
-            with path.open("rb") as fh:
-                return pickle.load(fh, encoding="latin1")
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
-            raise DataError(f"'{path}' is not a readable CIFAR-10 batch ({exc.__class__.__name__})") from None
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles what the official batches hold (dicts, lists, str, bytes, numbers, numpy arrays of
+    numbers) and refuses every other global, so a crafted batch cannot run code when it is loaded."""
 
-    def images(batch: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
-        data = np.asarray(batch.get("data"), dtype=np.uint8)
+    ALLOWED = {
+        # numpy arrays and their dtypes (numpy < 2 and >= 2 module names; _frombuffer: pickle protocol 5)
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how pickle protocols 0-2 spell bytes
+        *(("builtins", n) for n in ("bytes", "bytearray", "str", "int", "float", "bool", "list", "tuple", "dict",
+                                    "set", "frozenset")),
+        *(("__builtin__", n) for n in ("bytes", "bytearray", "str", "int", "float", "bool", "list", "tuple", "dict",
+                                       "set", "frozenset", "unicode", "long")),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it would load '{module}.{name}', which a CIFAR-10 batch never holds")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    """One official batch file as a dict, through the restricted unpickler."""
+    if not path.is_file():
+        raise DataError(f"'{path}' is missing (expected the official CIFAR-10 python batches)")
+    try:
+        with path.open("rb") as fh:
+            batch = _BatchUnpickler(fh, encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"'{path}' is not a CIFAR-10 batch and was not loaded: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise DataError(f"'{path}' is not a readable CIFAR-10 batch ({exc.__class__.__name__})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"'{path}' holds a {type(batch).__name__}, not a CIFAR-10 batch (a dict)")
+    return batch
+
+
+def _read_batches(folder: Path) -> Cifar10:
+    def images(name: str) -> tuple[np.ndarray, np.ndarray]:
+        batch = _unpickle(folder / name)
+        try:
+            data = np.asarray(batch.get("data"), dtype=np.uint8)
+            labels = np.asarray(batch.get("labels"))
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(f"'{folder / name}' holds data or labels that are not arrays of numbers") from None
         if data.ndim != 2 or data.shape[1] != 3072:
             raise DataError(f"'{folder / name}' holds data of shape {data.shape}, expected (N, 3072)")
         x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(x), np.asarray(batch["labels"], dtype=np.int64)
+        return np.ascontiguousarray(x), _labels(labels, len(x), folder / name)
 
-    parts = [images(unpickle(f"data_batch_{i}"), f"data_batch_{i}") for i in range(1, 6)]
-    test_x, test_y = images(unpickle("test_batch"), "test_batch")
-    meta = unpickle("batches.meta")
-    classes = tuple(meta.get("label_names", CLASSES))
+    parts = [images(f"data_batch_{i}") for i in range(1, 6)]
+    test_x, test_y = images("test_batch")
+    meta = _unpickle(folder / "batches.meta")
+    classes = meta.get("label_names", CLASSES)
+    if not isinstance(classes, (list, tuple)) or len(classes) != len(CLASSES) or \
+            not all(isinstance(c, str) for c in classes):
+        raise DataError(f"'{folder / 'batches.meta'}' does not name the {len(CLASSES)} classes (label_names)")
+    classes = tuple(classes)
     return Cifar10(
         np.concatenate([p[0] for p in parts]),
         np.concatenate([p[1] for p in parts]),
@@ -136,6 +175,18 @@ def _read_batches(folder: Path) -> Cifar10:
         classes,
         str(folder),
     )
+
+
+def _labels(labels: np.ndarray, n: int, where: Path | str) -> np.ndarray:
+    """`labels` as int64 after checking there is one per image, each a class index 0..9."""
+    if labels.ndim != 1 or labels.dtype == object:
+        raise DataError(f"'{where}' holds no list of labels (one class index per image)")
+    if len(labels) != n:
+        raise DataError(f"'{where}' holds {len(labels):,} labels for {n:,} images")
+    if n and (labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= len(CLASSES)):
+        bad = labels[0] if labels.dtype.kind not in "iu" else (labels.min() if labels.min() < 0 else labels.max())
+        raise DataError(f"'{where}' holds label {bad.item()!r}; CIFAR-10 labels are 0..{len(CLASSES) - 1}")
+    return labels.astype(np.int64)
 
 
 def _decode_png(path: Path) -> np.ndarray:
@@ -203,28 +254,42 @@ def _cache_path(source: Path) -> Path:
 
 
 def _write_cache(path: Path, ds: Cifar10, signature: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so an interrupted first start never leaves a truncated cache behind.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
+    # Write then rename, so an interrupted first start never leaves a truncated cache behind. "x"
+    # creates the file with the user's umask, as every file cifarlab writes.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "wb") as fh:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "xb") as fh:
             np.savez(fh, train_x=ds.train_x, train_y=ds.train_y, test_x=ds.test_x, test_y=ds.test_y,
                      classes=np.asarray(ds.classes), signature=np.asarray(signature))
         os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)  # an unwritable cache only costs the next start time
+    except OSError as exc:  # an unwritable cache only costs the next start its decoding time
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        warn(f"warning: cannot write the data cache '{path}' ({exc.strerror or exc}); going on without it")
 
 
 def _read_cache(path: Path, signature: str, source: str) -> Cifar10 | None:
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             if str(z["signature"]) != signature:
                 return None
-            return Cifar10(z["train_x"], z["train_y"], z["test_x"], z["test_y"],
-                           tuple(str(c) for c in z["classes"]), source)
+            ds = Cifar10(z["train_x"], z["train_y"], z["test_x"], z["test_y"],
+                         tuple(str(c) for c in z["classes"]), source)
+        _verify(ds, path)
+        return ds
     except Exception:  # noqa: BLE001 - a bad cache is rebuilt, never trusted
         return None
+
+
+def _verify(ds: Cifar10, where: Path | str) -> None:
+    """Images (N, 32, 32, 3) uint8 with one label 0..9 each, for train and test; else DataError."""
+    for part, x, y in (("train", ds.train_x, ds.train_y), ("test", ds.test_x, ds.test_y)):
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3) or len(x) == 0:
+            raise DataError(f"'{where}': {part} images of shape {x.shape} ({x.dtype}), expected (N, 32, 32, 3) uint8")
+        _labels(y, len(x), where)
+    if len(ds.classes) != len(CLASSES):
+        raise DataError(f"'{where}' names {len(ds.classes)} classes, not {len(CLASSES)}")
 
 
 def _source_folder(root: Path) -> tuple[Path, str]:
@@ -265,6 +330,7 @@ def load_cifar10(root: str | os.PathLike | None = None, download_missing: bool =
     ds = _read_cache(cache, signature, str(source)) if cache.exists() else None
     if ds is None:
         ds = _read_batches(source) if kind == "batches" else _read_image_folder(source)
+        _verify(ds, source)
         _write_cache(cache, ds, signature)
     return ds
 

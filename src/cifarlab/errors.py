@@ -1,13 +1,22 @@
-"""User-facing errors: the CLI prints the message on one line and exits with `exit_code`."""
+"""User-facing errors: the CLI prints the message on one line and exits with `exit_code`.
+
+Exit codes, named once: 2 bad input or environment, 3 a run diverged, 130 Ctrl-C (SIGINT),
+143 SIGTERM; `cifarlab inspect --max-params` exits 1 for a model over budget.
+"""
 from __future__ import annotations
 
 import traceback
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class CifarlabError(Exception):
     """A problem with the user's input or environment (never a bug): one line, exit code 2."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class DataError(CifarlabError):
@@ -20,6 +29,12 @@ class ConfigError(CifarlabError):
 
 class BudgetError(CifarlabError):
     """A model has more trainable parameters than the budget allows."""
+
+
+class DivergedError(CifarlabError):
+    """A run's loss became NaN/inf; the run folder is kept, and the command exits 3."""
+
+    exit_code = EXIT_DIVERGED
 
 
 def exception_line(exc: BaseException, file: str | None = None) -> str:

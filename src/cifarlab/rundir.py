@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ from torch import nn
 from cifarlab import __version__
 from cifarlab.errors import ConfigError
 from cifarlab.metrics import COLUMNS
+from cifarlab.safety import (check_output, clear_stale_stages, free_name, is_run_folder, new_stage, replace_problem,
+                             swap_into_place)
 
 def code_version() -> dict[str, str]:
     """cifarlab's version and, when run from a git checkout, the commit."""
@@ -65,9 +66,8 @@ def save_checkpoint(path: Path, model: nn.Module, config: dict, extra: dict | No
 
 
 def check_free(out: str | os.PathLike, overwrite: bool = False) -> None:
-    """Refuse an existing run folder unless `overwrite`: callable early, before slow work."""
-    if Path(out).exists() and not overwrite:
-        raise ConfigError(f"'{out}' already exists (choose another --out or pass --overwrite)")
+    """Refuse an output folder cifarlab may not use (safety.check_output): callable early, before slow work."""
+    check_output(out, overwrite)
 
 
 class RunDir:
@@ -77,14 +77,19 @@ class RunDir:
         self.out = Path(out)
         check_free(self.out, overwrite)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        clear_stale_stages(self.out.parent, self.out.name)  # left by a killed run into the same folder
+        self.stage = new_stage(self.out)
         self.overwrite = overwrite
 
     def commit(self) -> Path:
-        if self.out.exists() and self.overwrite:
-            shutil.rmtree(self.out)
-        os.chmod(self.stage, 0o755)  # mkdtemp makes it private; a run folder is meant to be shared
-        os.replace(self.stage, self.out)
+        if os.path.lexists(self.out):  # checked before training; look again, it may have appeared since
+            problem = replace_problem(self.out) if self.overwrite else "already exists"
+            if problem:
+                kept = free_name(self.out.with_name(self.out.name + ".new"))
+                os.rename(self.stage, kept)
+                raise ConfigError(f"'{self.out}' {problem} (it changed while this run trained); "
+                                  f"the new run is in '{kept}'")
+        swap_into_place(self.stage, self.out)
         return self.out
 
     def abandon(self) -> Path | None:
@@ -93,7 +98,7 @@ class RunDir:
             shutil.rmtree(self.stage, ignore_errors=True)
             return None
         target = self.out.with_name(self.out.name + ".incomplete")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(self.stage, target)
+        if os.path.lexists(target) and (target.is_symlink() or not is_run_folder(target)):
+            target = free_name(target)  # not an earlier interrupted run: leave it alone
+        swap_into_place(self.stage, target)
         return target

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab.errors import CifarlabError
-from cifarlab.metrics import FINAL
+from cifarlab.metrics import COLUMNS, FINAL
 
 STORE_NAME = "store.sqlite"
 SCHEMA_VERSION = 2  # 2: one column per final metric in metrics.FINAL (version 1 had four, fixed)
@@ -75,6 +75,42 @@ class RunRecord:
             return history[-1].get(name)
         raise AttributeError(name)
 
+    @property
+    def diverged(self) -> bool:
+        """The loss became NaN/inf (train.train stops the run there)."""
+        return any(row.get("diverged") for row in self.history)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _record_problem(d: dict[str, Any]) -> str | None:
+    """What makes a stored row unusable (a wrong type, a history row without its metrics), or None."""
+    types = {"experiment": str, "seed": int, "run_dir": str, "model": str, "params": int, "epochs": int,
+             "seconds": float, "warmup_seconds": float, "device": str, "config": dict, "history": list}
+    for key, kind in types.items():
+        value = d.get(key)
+        ok = _number(value) and (kind is float or isinstance(value, int)) if kind in (int, float) \
+            else isinstance(value, kind)
+        if not ok:
+            return f"'{key}' is {type(value).__name__}, not {kind.__name__}"
+    parts = [d["config"].get(k, {}) for k in ("data", "model", "train")]
+    if not all(isinstance(part, dict) for part in parts) or not isinstance(parts[1].get("options", {}), dict):
+        return "its config is not a table of tables"
+    if not d["history"]:
+        return "its history is empty"
+    for row in d["history"]:
+        if not isinstance(row, dict) or not _number(row.get("epoch")):
+            return "a history row has no epoch number"
+        bad = next((k for k in COLUMNS if k in row and not _number(row[k])), None)
+        if bad:
+            return f"history value '{bad}' is {row[bad]!r}, not a number"
+    missing = [k for k in ("train_acc", "test_acc") if k not in d["history"][-1]]
+    if missing:
+        return f"its last history row lacks {', '.join(missing)}"
+    return None
+
 
 class Store:
     """Open (or create) `folder/store.sqlite`."""
@@ -86,7 +122,10 @@ class Store:
         # Readers open read-only, so nothing (not even a schema) is ever written into a file
         # that turns out not to be a store.
         uri = f"{self.path.resolve().as_uri()}?mode={'rwc' if create else 'ro'}"
-        self.db = sqlite3.connect(uri, uri=True, timeout=30)
+        try:
+            self.db = sqlite3.connect(uri, uri=True, timeout=30)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open '{self.path}' ({exc})") from None
         try:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -100,7 +139,7 @@ class Store:
                     self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             if not tables and not create:
                 raise StoreError(f"'{self.path}' is an empty file, not a cifarlab study store (left untouched)")
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             self.db.close()
             raise StoreError(f"'{self.path}' is corrupt ({exc}); it was left untouched") from None
         except StoreError:
@@ -128,7 +167,7 @@ class Store:
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:
             return self.db.execute(sql, params).fetchall()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             raise StoreError(f"'{self.path}' is corrupt ({exc}); it was left untouched") from None
 
     def set_meta(self, **values: Any) -> None:
@@ -137,8 +176,21 @@ class Store:
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                 [(k, json.dumps(v)) for k, v in values.items()])
 
-    def meta(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self._query("SELECT key, value FROM meta")}
+    def meta(self, damaged: list[str] | None = None) -> dict[str, Any]:
+        """The study facts; a value that is not JSON is left out and described in `damaged`
+        (StoreError when no list is given)."""
+        out = {}
+        for key, value in self._query("SELECT key, value FROM meta"):
+            try:
+                out[str(key)] = json.loads(value)
+            except Exception:  # noqa: BLE001 - not JSON, not text, nested too deep, ...
+                self._damaged(f"study fact '{key}' in '{self.path}' is not valid JSON", damaged)
+        return out
+
+    def _damaged(self, problem: str, damaged: list[str] | None) -> None:
+        if damaged is None:
+            raise StoreError(f"{problem}; the store was left untouched")
+        damaged.append(problem)
 
     def done(self) -> set[tuple[str, int]]:
         """(experiment, seed) pairs already finished."""
@@ -154,14 +206,26 @@ class Store:
         with self.db:
             self.db.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
 
-    def runs(self) -> list[RunRecord]:
-        """Every finished run, ordered by experiment then seed."""
+    def runs(self, damaged: list[str] | None = None) -> list[RunRecord]:
+        """Every finished run, ordered by experiment then seed.
+
+        A row that cannot be read back (invalid JSON, wrong types, history without its metrics) is
+        left out and described in `damaged`; without a list it is a StoreError.
+        """
         names = [f.name for f in fields(RunRecord)]
         rows = self._query(f"SELECT {', '.join(names)} FROM runs ORDER BY experiment, seed")
         out = []
         for r in rows:
             d = dict(zip(names, r))
-            d["config"] = json.loads(d["config"])
-            d["history"] = json.loads(d["history"])
+            try:
+                d["config"], d["history"] = json.loads(d["config"]), json.loads(d["history"])
+            except Exception as exc:  # noqa: BLE001 - not JSON, not text, nested too deep, ...
+                problem = f"not valid JSON ({exc.__class__.__name__})"
+            else:
+                problem = _record_problem(d)
+            if problem:
+                self._damaged(f"run '{d['experiment']}' seed {d['seed']} in '{self.path}' is damaged: {problem}",
+                              damaged)
+                continue
             out.append(RunRecord(**d))
         return out

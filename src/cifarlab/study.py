@@ -7,18 +7,22 @@ the defaults key by key. Each experiment's merged tables are parsed as a `config
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-from cifarlab.config import Budget, RunConfig, SettingError, SpecFile, from_dict, merge, to_dict
+from cifarlab import signals
+from cifarlab.config import (Budget, RunConfig, SettingError, SpecFile, folder_name_problem, from_dict, merge,
+                             to_dict)
 from cifarlab.console import log_line, plural
 from cifarlab.errors import CifarlabError, ConfigError
+from cifarlab.locks import FolderLock
+from cifarlab.safety import clear_stale_stages, out_problem
 from cifarlab.store import RunRecord, Store
 
 
@@ -66,7 +70,11 @@ def load_spec(path: str | Path) -> StudySpec:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return StudySpec(spec.name or path.stem, spec.description, spec.seeds, spec.budget, experiments, path, text)
+    name = spec.name or path.stem
+    problem = folder_name_problem(name)  # a name from the file's name is checked like one from the spec
+    if problem:
+        raise ConfigError(f"{path}: the study's name (from the file name; set `name` to choose one): {problem}")
+    return StudySpec(name, spec.description, spec.seeds, spec.budget, experiments, path, text)
 
 
 def _experiment(spec: SpecFile, entry, folder: Path) -> Experiment:
@@ -123,6 +131,9 @@ def run_dir_name(experiment: str, seed: int) -> str:
     return f"{experiment}/seed-{seed}"
 
 
+_IN_WORKER = False  # True in pool workers (_start_worker)
+
+
 def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: int = 0) -> RunRecord:
     """Train one (experiment, seed) into its run folder; runs in a worker process when --jobs > 1."""
     import torch
@@ -132,8 +143,20 @@ def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: 
     if threads:
         torch.set_num_threads(threads)
     rel = run_dir_name(experiment, seed)
-    history = run_experiment(cfg, folder / rel, overwrite=True, log=None)
+    # overwrite: a run folder the store does not list (its study was killed between the two) is redone.
+    with signals.interruptible() if _IN_WORKER else nullcontext():
+        history = run_experiment(cfg, folder / rel, overwrite=True, log=None)
     return RunRecord.of_run(experiment, seed, rel, to_dict(cfg), history.rows, history.meta)
+
+
+def _start_worker(parent: int, devices) -> None:
+    """Pool initializer: die with the study process, ignore signals between tasks, take a GPU."""
+    global _IN_WORKER
+    _IN_WORKER = True
+    signals.die_with_parent(parent)  # a killed study must not leave workers training behind its back
+    signals.ignore_interrupts()  # between tasks; the parent stops its workers itself
+    if devices is not None:
+        _init_worker(devices)
 
 
 def _init_worker(devices) -> None:
@@ -160,12 +183,18 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
 
     params = check_models(spec)
     folder = Path(out) if out is not None else Path("runs") / spec.name
+    problem = out_problem(folder)
+    if problem:
+        raise ConfigError(problem)
     folder.mkdir(parents=True, exist_ok=True)
-    with Store(folder) as store:
+    with FolderLock(folder), Store(folder) as store:
         previous = store.meta()
         if previous.get("name") not in (None, spec.name):
             raise ConfigError(f"'{folder}' holds study '{previous['name']}', not '{spec.name}'; choose another --out")
-        finished = {(r.experiment, r.seed): r for r in store.runs()}
+        damaged: list[str] = []
+        finished = {(r.experiment, r.seed): r for r in store.runs(damaged)}
+        for problem in damaged:
+            log(f"warning: {problem}; that run is trained again")
         for (name, seed), rec in finished.items():
             exp = next((e for e in spec.experiments if e.name == name), None)
             changed = source_change(rec.config, to_dict(exp.config)) if exp is not None else None
@@ -193,16 +222,30 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
             store.record(rec)
             scores = " ".join(f"{part} {getattr(rec, f'{part}_acc'):.4f}" for part in ("val", "test", "train")
                               if getattr(rec, f"{part}_acc") is not None)
-            log(f"[{i}/{len(tasks)}] {rec.experiment} seed {rec.seed}: {scores} ({rec.seconds:.1f}s)")
+            diverged = f" DIVERGED at epoch {len(rec.history)} (non-finite loss)" if rec.diverged else ""
+            log(f"[{i}/{len(tasks)}] {rec.experiment} seed {rec.seed}: {scores}{diverged} ({rec.seconds:.1f}s)")
         if tasks:
             log(f"done in {time.perf_counter() - started:.0f}s; report: cifarlab report {folder}")
+        bad = diverged_runs(store)
+        if bad:
+            log(f"warning: {plural(len(bad), 'run')} diverged (non-finite loss): {', '.join(bad)}")
     return folder
 
 
+def diverged_runs(store: Store) -> list[str]:
+    """'experiment seed k' of every recorded run whose loss became NaN/inf."""
+    return [f"{r.experiment} seed {r.seed}" for r in store.runs([]) if r.diverged]
+
+
 def _clear_stale(folder: Path) -> None:
-    """Remove staging folders of runs that were in progress when a previous invocation was killed."""
-    for stage in folder.glob("*/.seed-*"):
-        shutil.rmtree(stage, ignore_errors=True)
+    """Remove the staging folders that runs of a killed study left in its experiment folders.
+
+    Only cifarlab's own (`.seed-K.cifarlab-<pid>-...`) whose process is gone: the folder lock keeps
+    other studies out, and a live process's stage is never touched.
+    """
+    for sub in sorted(folder.iterdir()):
+        if sub.is_dir() and not sub.is_symlink():
+            clear_stale_stages(sub)
 
 
 def _execute(tasks: list[tuple[str, int, RunConfig, Path]], jobs: int):
@@ -214,18 +257,35 @@ def _execute(tasks: list[tuple[str, int, RunConfig, Path]], jobs: int):
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = get_context("spawn")
     gpus = _gpu_count()
-    pool_args = {}
+    devices = None
     if gpus > 1:  # one GPU per worker, round robin; with one GPU every worker shares it
         devices = ctx.Queue()
         for i in range(jobs):
             devices.put(f"cuda:{i % gpus}")
-        pool_args = {"initializer": _init_worker, "initargs": (devices,)}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **pool_args) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_start_worker,
+                             initargs=(os.getpid(), devices)) as pool:
         futures = [pool.submit(_run_one, *task, threads) for task in tasks]
         try:
             for future in as_completed(futures):
                 yield future.result()
         except BaseException:
-            for f in futures:
-                f.cancel()
+            _stop(pool, futures)
             raise
+
+
+def _stop(pool: ProcessPoolExecutor, futures, grace_seconds: float = 30.0) -> None:
+    """Stop the workers now, as Ctrl-C would (each keeps its run's finished epochs), then for sure."""
+    for f in futures:
+        f.cancel()
+    # ProcessPoolExecutor has no public way to reach its workers; without this, leaving the `with`
+    # waits for every run in progress to finish.
+    workers = [p for p in (getattr(pool, "_processes", None) or {}).values() if p.is_alive()]
+    for p in workers:
+        p.terminate()  # SIGTERM: a task raises signals.Terminated, an idle worker ignores it
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace_seconds
+    for p in workers:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in workers:
+        if p.is_alive():
+            p.kill()

@@ -2,7 +2,8 @@
 
 Each command module exposes `add_parser(subparsers)` that registers its flags and sets
 `func(args) -> int`. Errors meant for the user become one line on stderr and exit code 2
-(or the error's own code); a traceback means a bug.
+(or the error's own code, errors.EXIT_*); so do refusals of the operating system (a full disk, a
+folder without write permission); Ctrl-C exits 130 and SIGTERM 143. A traceback means a bug.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import os
 import sys
 
 from cifarlab import __version__
-from cifarlab.errors import CifarlabError
+from cifarlab.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, CifarlabError
+from cifarlab.signals import Terminated, sigterm_interrupts
 
 COMMANDS = ("train", "models", "inspect", "study", "report", "data")
 
@@ -41,15 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with sigterm_interrupts():  # SIGTERM is Ctrl-C: the finished epochs are kept
+            return int(args.func(args) or 0)
     except CifarlabError as exc:
         print(f"cifarlab {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print(f"cifarlab {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"cifarlab {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `cifarlab inspect ... | head`: the reader left; not an error worth a traceback.
         # Point stdout at /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # the system refused: no space, no permission, a name too long, ...
+        where = f": '{exc.filename}'" if exc.filename else ""
+        print(f"cifarlab {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT

@@ -11,7 +11,8 @@ def add_parser(sub) -> None:
                                    "DIR/report.html (self-contained) and DIR/report.md (+ DIR/report-files/).")
     p.add_argument("folder", metavar="DIR", help="study folder (holds store.sqlite)")
     p.add_argument("--data", metavar="DIR",
-                   help="CIFAR-10 folder for the misclassified-image grids (default: the one each run used)")
+                   help="CIFAR-10 folder for the misclassified-image grids (default: $CIFARLAB_DATA, then "
+                        "./data; never the folder recorded in the study)")
     p.set_defaults(func=run)
 
 

@@ -19,13 +19,20 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifarlab.study import load_spec, run_study
+    from cifarlab.errors import DivergedError
+    from cifarlab.store import Store
+    from cifarlab.study import diverged_runs, load_spec, run_study
 
     spec = load_spec(args.spec)
     folder = run_study(spec, out=args.out, seeds=args.seeds, jobs=args.jobs)
     if args.report:
         from cifarlab.report import write_report
 
-        for path in write_report(folder):
+        # The error grids read the data this spec trained on: the user's own spec, just run.
+        for path in write_report(folder, data_root=spec.experiments[0].config.data.root):
             print(f"report: {path}")
+    with Store(folder, create=False) as store:
+        diverged = diverged_runs(store)
+    if diverged:
+        raise DivergedError(f"{len(diverged)} of the study's runs diverged (non-finite loss): {', '.join(diverged)}")
     return 0

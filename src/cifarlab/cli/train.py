@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from cifarlab.cli.common import HelpFormatter, add_config_args, run_config
+from cifarlab.errors import DivergedError
 
 
 def add_parser(sub) -> None:
@@ -17,7 +18,8 @@ def add_parser(sub) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<date>-<time>; "
                      "net.py:Net -> runs/net-Net-...)")
-    out.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace an existing cifarlab run folder (never any other folder)")
     p.set_defaults(func=run)
 
 
@@ -37,4 +39,7 @@ def run(args: argparse.Namespace) -> int:
           + f" - {meta['train_seconds']:.1f}s on {meta['device']}"
           + (f" (+{meta['warmup_seconds']:.1f}s compile/warm-up)" if meta.get("warmup_seconds") else ""))
     print(f"results: {out}/")
+    if meta.get("diverged_at_epoch"):
+        raise DivergedError(f"the loss is not finite at epoch {meta['diverged_at_epoch']} (learning rate too "
+                            f"high?); the run was kept in {out}/")
     return 0

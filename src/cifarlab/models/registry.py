@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from cifarlab.config import CommonModelOptions, SettingError, check_value, type_name
+from cifarlab.config import CommonModelOptions, SettingError, check_model_options, check_value, type_name
 from cifarlab.errors import BudgetError, ConfigError, exception_line
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -53,6 +53,11 @@ def create_model(name: str, **options: Any) -> nn.Module:
     """Build model `name`; an option it does not accept is a ConfigError naming it."""
     fn = _get(name)
     check_options(f"model '{name}'", fn, options)
+    numbers = {k: v for k, v in options.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    try:  # ranges: ModelConfig checked them already, a direct call (a config read back from a store) not
+        check_model_options(numbers)
+    except SettingError as exc:
+        raise ConfigError(f"model '{name}' option {exc}") from None
     return fn(**options)
 
 

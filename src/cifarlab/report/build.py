@@ -16,7 +16,8 @@ from cifarlab.report.doc import (Block, Bullets, Column, Details, Document, Head
 from cifarlab.report.insights import insights, reference
 from cifarlab.report.layers import layer_table_blocks
 from cifarlab.report.stats import summarize
-from cifarlab.report.study import Experiment, Predictions, Study, confusion, load_predictions, load_study
+from cifarlab.report.study import (Experiment, Predictions, ReportError, Study, confusion, load_predictions,
+                                   load_study)
 from cifarlab.report.text import (config_diff, config_summary, duration, int_range, interval, mean_std, pct,
                                   unique_slugs)
 from cifarlab.store import RunRecord
@@ -147,15 +148,19 @@ def per_class_table(study: Study, preds: dict[str, list[Predictions]], classes: 
 
 
 class _Images:
-    """Test images for the error grids, loaded once per data root; None when they cannot be found."""
+    """Test images for the error grids, loaded once; None when they cannot be found.
 
-    def __init__(self, override: str | None) -> None:
-        self.override = override
+    Only from the data the user points to (--data, $CIFARLAB_DATA, ./data), never from the data
+    root a run recorded: a study folder from elsewhere must not choose which files get unpickled.
+    """
+
+    def __init__(self, root: str | None) -> None:
+        self.root = root
         self.cache: dict[Any, Any] = {}
         self.classes: tuple[str, ...] | None = None
 
-    def get(self, root: str | None) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-        root = self.override or root
+    def get(self) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+        root = self.root
         if root not in self.cache:
             try:
                 from cifarlab.data import load_cifar10
@@ -175,7 +180,7 @@ def mistakes_block(exp: Experiment, tag: str, study: Study, images: _Images, cla
     if pred is None:
         return [Para(f"Misclassified images: unavailable (`{run.run_dir}/predictions.npz` is missing or unreadable).",
                      "note")]
-    test_x, test_y, why = images.get(run.config.get("data", {}).get("root"))
+    test_x, test_y, why = images.get()
     if test_x is None:
         return [Para(f"Misclassified images: unavailable, the test images could not be loaded ({why}). "
                      "Pass `--data DIR` to point at CIFAR-10.", "note")]
@@ -236,13 +241,15 @@ def build_report(study: Study, data_root: str | None = None) -> Document:
     images = _Images(data_root)
     preds = {e.name: [p for p in (load_predictions(study, r) for r in e.runs) if p is not None]
              for e in study.experiments}
-    # Class names come from the dataset when it can be loaded (first root seen), else CIFAR-10's.
-    images.get(study.runs[0].config.get("data", {}).get("root"))
+    # Class names come from the dataset when it can be loaded, else CIFAR-10's.
+    images.get()
     classes = _class_names(preds, images)
 
     blocks: list[Block] = [Heading(2, "Comparison", "comparison"), comparison_table(study)]
     if study.missing:
         blocks.append(Para(f"Not in the table (no finished run yet): {', '.join(study.missing)}.", "warn"))
+    if study.notes:
+        blocks.append(Para(f"Left out, damaged in the study folder: {'; '.join(study.notes)}.", "warn"))
     diverged = sorted({f"{r.experiment} seed {r.seed}" for r in study.runs
                        if any(row.get("diverged") for row in r.history)})
     if diverged:
@@ -280,6 +287,8 @@ def write_report(folder: str | Path, data_root: str | None = None) -> tuple[Path
     doc = build_report(load_study(folder), data_root)
     html_path, md_path, files_dir = folder / HTML_NAME, folder / MD_NAME, folder / FILES_DIR
     markdown, files = render_markdown(doc, FILES_DIR)
+    if files_dir.is_symlink() or (files_dir.exists() and not files_dir.is_dir()):  # its PNGs get replaced
+        raise ReportError(f"'{files_dir}' is not the folder of figures cifarlab writes (left untouched)")
     files_dir.mkdir(exist_ok=True)
     for stale in files_dir.glob("*.png"):  # figures of experiments no longer in the study
         if stale.name not in files:

@@ -227,18 +227,49 @@ Accuracies are final-epoch values; mean &plusmn; std over seeds.</footer>
 # Markdown
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
+
+
+def _md_escape(text: str) -> str:
+    """Plain text for Markdown: no HTML, no emphasis, links or table breaks of its own, on one line."""
+    text = _MD_SPECIAL.sub(r"\\\1", " ".join(text.splitlines()))
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def inline_md(text: str, cell: bool = False) -> str:
+    """`text` for Markdown, as inline_html does for HTML: **x** and `x` kept, everything else escaped."""
+    out, pos = [], 0
+    text = " ".join(text.splitlines())
+    for m in _INLINE.finditer(text):
+        out.append(_md_escape(text[pos:m.start()]))
+        if m.group(1) is not None:
+            out.append(f"**{inline_md(m.group(1), cell)}**")
+        else:  # a code span shows its text as is; in a table cell '|' still needs its escape
+            out.append(f"`{m.group(2).replace('|', chr(92) + '|') if cell else m.group(2)}`")
+        pos = m.end()
+    out.append(_md_escape(text[pos:]))
+    return "".join(out)
+
+
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return inline_md(text, cell=True)
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in `text`, so the text cannot end it."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def _md_block(block: Block, files: dict[str, bytes], folder: str) -> str:
     if isinstance(block, Heading):
-        anchor = f'<a id="{block.anchor}"></a>\n' if block.anchor else ""
-        return f"{anchor}{'#' * block.level} {block.text}"
+        anchor = f'<a id="{html.escape(block.anchor)}"></a>\n' if block.anchor else ""
+        return f"{anchor}{'#' * block.level} {inline_md(block.text)}"
     if isinstance(block, Para):
-        return {"warn": f"> {block.text}", "note": f"*{block.text}*"}.get(block.kind, block.text)
+        text = inline_md(block.text)
+        return {"warn": f"> {text}", "note": f"*{text}*"}.get(block.kind, text)
     if isinstance(block, Bullets):
-        return "\n".join(f"- {i}" for i in block.items)
+        return "\n".join(f"- {inline_md(i)}" for i in block.items)
     if isinstance(block, Table):
         lines = ["| " + " | ".join(_md_cell(c.name) for c in block.columns) + " |",
                  "|" + "|".join("---:" if c.align == "r" else ":---" for c in block.columns) + "|"]
@@ -246,25 +277,27 @@ def _md_block(block: Block, files: dict[str, bytes], folder: str) -> str:
         lines += ["| " + " | ".join(_md_cell(v + (f" \u2013 {note}" if j == 0 and note else ""))
                                     for j, v in enumerate(row)) + " |" for row, note in zip(block.rows, notes)]
         if block.caption:
-            lines += ["", f"*{block.caption}*"]
+            lines += ["", f"*{inline_md(block.caption)}*"]
         return "\n".join(lines)
     if isinstance(block, Image):
         name = f"{block.name}.png"
         files[name] = block.png
-        caption = f"\n\n*{block.caption}*" if block.caption else ""
-        return f"![{block.alt}]({folder}/{name}){caption}"
+        caption = f"\n\n*{inline_md(block.caption)}*" if block.caption else ""
+        return f"![{_md_escape(block.alt)}]({folder}/{name}){caption}"
     if isinstance(block, Pre):
-        caption = f"*{block.caption}*\n\n" if block.caption else ""
-        return f"{caption}```\n{block.text.rstrip()}\n```"
+        caption = f"*{inline_md(block.caption)}*\n\n" if block.caption else ""
+        fence = _fence(block.text)
+        return f"{caption}{fence}\n{block.text.rstrip()}\n{fence}"
     if isinstance(block, Details):
         inner = "\n\n".join(_md_block(b, files, folder) for b in block.blocks)
-        return f"**{block.summary}**\n\n{inner}"
+        return f"**{inline_md(block.summary)}**\n\n{inner}"
     raise TypeError(f"unknown block {block!r}")
 
 
 def render_markdown(doc: Document, folder: str) -> tuple[str, dict[str, bytes]]:
     """Markdown text and the PNG files it links to (names relative to `folder`)."""
     files: dict[str, bytes] = {}
-    head = [f"# {doc.title}", " \u00b7 ".join(f"**{k}:** {v}" for k, v in doc.facts)]
+    facts = " \u00b7 ".join(f"**{_md_escape(k)}:** {inline_md(v)}" for k, v in doc.facts)
+    head = [f"# {inline_md(doc.title)}", facts]
     body = [_md_block(b, files, folder) for b in doc.blocks]
     return "\n\n".join(head + body) + "\n", files

@@ -1,5 +1,10 @@
 """Reading a study folder for the report: the store's meta and runs, grouped by experiment, plus
-the per-run test-set predictions. Nothing here writes to the study folder."""
+the per-run test-set predictions. Nothing here writes to the study folder.
+
+A study folder may come from elsewhere and may be damaged: a run that cannot be read is left out
+with a note (`Study.notes`), unreadable predictions make that run's figures "unavailable", and only
+damage that leaves nothing to report on is an error. Nothing read here is unpickled or executed.
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -54,6 +59,7 @@ class Study:
     val: int
     recorded: dt.datetime  # last change to the store file
     missing: list[str] = field(default_factory=list)  # experiments in the spec without a finished run
+    notes: list[str] = field(default_factory=list)  # damaged runs or facts that were left out
 
     @property
     def runs(self) -> list[RunRecord]:
@@ -75,11 +81,13 @@ def load_study(folder: str | Path) -> Study:
         # Store() would initialise an empty file as a new store; a report must never write.
         raise StoreError(f"'{path}' is empty, not a cifarlab study store (left untouched)")
     recorded = dt.datetime.fromtimestamp(path.stat().st_mtime)
+    notes: list[str] = []
     with Store(folder, create=False) as store:
-        meta = store.meta()
-        runs = store.runs()
+        meta = _checked_meta(store.meta(notes), notes)
+        runs = store.runs(notes)
     if not runs:
-        raise ReportError(f"the study in '{folder}' has no finished runs yet")
+        why = f": {notes[0]}" if notes else " yet"
+        raise ReportError(f"the study in '{folder}' has no {'readable' if notes else 'finished'} runs{why}")
 
     order = list(meta.get("experiments") or [])
     by_name: dict[str, list[RunRecord]] = {}
@@ -100,7 +108,34 @@ def load_study(folder: str | Path) -> Study:
         val=int(meta.get("val") or 0),
         recorded=recorded,
         missing=[n for n in order if n not in by_name],
+        notes=notes,
     )
+
+
+# What each study fact must be; a fact of another type is ignored with a note.
+_META_TYPES: dict[str, Any] = {"name": str, "experiments": list, "descriptions": dict, "baseline": str, "spec": str,
+                               "budget": dict, "val": int}
+
+
+def _checked_meta(meta: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    out = {}
+    for key, value in meta.items():
+        kind = _META_TYPES.get(key)
+        if kind is None or value is None:
+            out[key] = value
+            continue
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if kind is list:
+            ok = ok and all(isinstance(v, str) for v in value)
+        if kind is dict and key == "descriptions":
+            ok = ok and all(isinstance(v, str) for v in value.values())
+        if kind is dict and key == "budget":
+            ok = ok and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in value.values())
+        if ok:
+            out[key] = value
+        else:
+            notes.append(f"study fact '{key}' is damaged ({type(value).__name__}) and was ignored")
+    return out
 
 
 @dataclass(frozen=True)
@@ -115,16 +150,26 @@ class Predictions:
         return self.probs.argmax(1)
 
 
+CLASSES = 10  # CIFAR-10: every run predicts 10 classes
+
+
 def load_predictions(study: Study, run: RunRecord) -> Predictions | None:
-    """`<run_dir>/predictions.npz`, or None when it is missing or unreadable."""
+    """`<run_dir>/predictions.npz`, or None when it is missing, unreadable or not what a run writes."""
     path = study.folder / run.run_dir / "predictions.npz"
     try:
-        with np.load(path) as z:
+        if study.folder.resolve() not in path.resolve().parents:  # a damaged run_dir points elsewhere
+            return None
+        with np.load(path, allow_pickle=False) as z:
             probs = np.asarray(z["probs"], dtype=np.float32)
-            labels = np.asarray(z["labels"], dtype=np.int64)
-    except (OSError, KeyError, ValueError):
+            raw_labels = np.asarray(z["labels"])
+    except Exception:  # noqa: BLE001 - any unreadable file (truncated zip, bad CRC, zlib error, ...)
         return None
-    if probs.ndim != 2 or labels.shape != (probs.shape[0],):
+    if probs.ndim != 2 or probs.shape[1] != CLASSES or raw_labels.shape != (probs.shape[0],) or len(probs) == 0:
+        return None
+    if raw_labels.dtype.kind not in "iu" or not np.isfinite(probs).all():
+        return None
+    labels = raw_labels.astype(np.int64)
+    if labels.min() < 0 or labels.max() >= CLASSES:
         return None
     return Predictions(probs, labels)
 
