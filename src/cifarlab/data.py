@@ -56,21 +56,24 @@ class Split:
 
 @dataclass
 class DataSplits:
-    """Train / optional validation / test, normalised with the training portion's mean and std."""
+    """Train / optional validation / test, normalised with the training portion's mean and std.
+
+    `test` is None where a caller must not see the test set (a sweep's trials choose on validation only).
+    """
 
     train: Split
     val: Split | None
-    test: Split
+    test: Split | None
     classes: tuple[str, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    test_images: np.ndarray  # (N, 32, 32, 3) uint8, for misclassified-image grids
+    test_images: np.ndarray | None  # (N, 32, 32, 3) uint8, for misclassified-image grids
 
     def to(self, device: torch.device | str) -> "DataSplits":
         return DataSplits(
             self.train.to(device),
             self.val.to(device) if self.val is not None else None,
-            self.test.to(device),
+            self.test.to(device) if self.test is not None else None,
             self.classes,
             self.mean,
             self.std,

@@ -68,14 +68,24 @@ def save_predictions(path: Path, logits: torch.Tensor, labels: torch.Tensor) -> 
     tmp.replace(path)
 
 
+class StopRun(Exception):
+    """Raised by an `on_epoch` callback to end a run early on purpose (a sweep pruning a trial).
+
+    run_experiment keeps the epochs trained so far as a complete run folder (history, weights; meta
+    `stopped` holds the reason) and re-raises, so the caller knows the run is partial.
+    """
+
+
 def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None = None, overwrite: bool = False,
-                   log: Callable[[str], None] | None = log_line, model: nn.Module | None = None) -> History:
+                   log: Callable[[str], None] | None = log_line, model: nn.Module | None = None,
+                   on_epoch: Callable[[dict], None] | None = None) -> History:
     """Train one run and write `out/{config.json, history.csv, history.json, model.pt, predictions.npz,
     layers.json}`, and `model_source.py` when the model came from a file or module.
 
     Every check (config, model, budget, data) runs before the output folder is created; the config
     checked itself when it was made. `model`: train this object (already initialised) instead of building
-    the one `cfg.model` names.
+    the one `cfg.model` names. `on_epoch(row)` sees each epoch's metrics once they are saved and may
+    raise StopRun. Without a test split (`data.test` None) there is no predictions.npz.
     """
     cfg = replace(cfg, model=resolve(cfg.model))  # a file model's path and sha256 go into config.json
     resolve_device(cfg.train.device)
@@ -99,12 +109,20 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
             "classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}
     rows: list[dict] = []
 
-    def on_epoch(row: dict) -> None:
+    def saved(row: dict) -> None:
         rows.append(row)
         write_history(rundir.stage, rows, meta)
+        if on_epoch is not None:
+            on_epoch(row)
 
     try:
-        history = train(model, data, cfg.train, log=log, on_epoch=on_epoch)
+        history = train(model, data, cfg.train, log=log, on_epoch=saved)
+    except StopRun as stop:
+        write_history(rundir.stage, rows, {**meta, "stopped": str(stop)})
+        save_checkpoint(rundir.stage / "model.pt", model, config,
+                        {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)})
+        rundir.commit()
+        raise
     except BaseException:
         kept = rundir.abandon()
         if kept is not None and log is not None:
@@ -114,6 +132,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     write_history(rundir.stage, history.rows, history.meta)
     save_checkpoint(rundir.stage / "model.pt", model, config,
                     {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)})
-    save_predictions(rundir.stage / "predictions.npz", history.test_logits, data.test.y)
+    if data.test is not None:
+        save_predictions(rundir.stage / "predictions.npz", history.test_logits, data.test.y)
     rundir.commit()
     return history

@@ -363,15 +363,17 @@ def _epoch_row(epoch, loss_sum, correct, seen, lr, model, data: DataSplits, cfg,
     if data.val is not None:
         ev, _ = _evaluate(model, data.val, cfg, autocast, fmt, False)
         metrics.update(val_loss=ev["loss"], val_acc=ev["acc"])
-    # The 6-view TTA costs 6 passes over the test set: only at the last epoch.
-    ev, test_logits = _evaluate(model, data.test, cfg, autocast, fmt, cfg.tta,
-                                rich_tta=cfg.tta and epoch == cfg.epochs)
-    metrics.update({f"test_{k}": v for k, v in ev.items()})
+    test_logits = None
+    if data.test is not None:
+        # The 6-view TTA costs 6 passes over the test set: only at the last epoch.
+        ev, test_logits = _evaluate(model, data.test, cfg, autocast, fmt, cfg.tta,
+                                    rich_tta=cfg.tta and epoch == cfg.epochs)
+        metrics.update({f"test_{k}": v for k, v in ev.items()})
     values = torch.stack([v.float() for v in metrics.values()]).tolist()
     row = {"epoch": epoch}
     row.update({k: float(v) for k, v in zip(metrics, values)})
     row["lr"] = float(lr)
-    if not all(math.isfinite(row[k]) for k in ("train_loss", "test_loss")):
+    if not all(math.isfinite(row[k]) for k in ("train_loss", "val_loss", "test_loss") if k in row):
         row["diverged"] = True
     return row, test_logits
 
