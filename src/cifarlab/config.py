@@ -436,3 +436,87 @@ class SpecFile(Settings):
             yield "experiments", f"experiment '{twice[0]}' appears twice"
         if sum(e.baseline for e in self.experiments) > 1:
             yield "experiments", "more than one experiment says baseline = true"
+
+
+# ---------------------------------------------------------------------------------------------
+# A sweep spec (TOML): a study spec's name, budget and data/model/train defaults, then the search
+# space in [search] (config path -> distribution) and the search's own options in [sweep]
+
+SearchKind = Literal["float", "int", "categorical"]
+Pruner = Literal["median", "hyperband", "none"]
+CHOICE_TYPES = (bool, int, float, str)  # what Optuna's CategoricalDistribution stores
+
+
+@dataclass(frozen=True)
+class SearchParam(Settings):
+    """One searched setting: `{ type = "float", low = 0.05, high = 1.0, log = true }` and the like."""
+
+    type: SearchKind = setting(help="float (uniform, or log-uniform with log = true), int, or categorical")
+    low: float | None = setting(None, "float and int: the lowest value")
+    high: float | None = setting(None, "float and int: the highest value (inclusive)")
+    log: bool = setting(False, "float and int: sample on a log scale (needs low > 0)")
+    step: float | None = setting(None, "int (default 1) or float: spacing of the values from low", gt=0)
+    choices: tuple[Any, ...] | None = setting(None, "categorical: the values to choose from")
+
+    def problems(self):
+        if self.type == "categorical":
+            if not self.choices:
+                yield "choices", "a categorical parameter needs choices = [...]"
+            for value in self.choices or ():
+                if value is not None and not isinstance(value, CHOICE_TYPES):
+                    yield "choices", f"{value!r}: choices must be numbers, strings or booleans"
+            for key in ("low", "high", "step"):
+                if getattr(self, key) is not None:
+                    yield key, "not used by a categorical parameter (give choices)"
+            return
+        if self.choices is not None:
+            yield "choices", f"only categorical parameters take choices (this one is {self.type})"
+        for key in ("low", "high"):
+            if getattr(self, key) is None:
+                yield key, f"missing (a {self.type} parameter needs low and high)"
+        if self.low is None or self.high is None:
+            return
+        if self.type == "int":
+            for key in ("low", "high", "step"):
+                value = getattr(self, key)
+                if value is not None and not float(value).is_integer():
+                    yield key, f"must be a whole number for an int parameter, got {value:g}"
+        if self.low > self.high:
+            yield "high", f"must be >= low ({self.low:g}), got {self.high:g}"
+        if self.log and self.low <= 0:
+            yield "low", f"must be > 0 with log = true, got {self.low:g}"
+        if self.log and self.step is not None:
+            yield "step", "cannot be combined with log = true"
+
+
+@dataclass(frozen=True)
+class SweepOptions(Settings):
+    trials: int = setting(20, "trials in the whole search (every worker, every invocation); --trials", ge=1)
+    seed: int = setting(0, "TPE sampler seed; --seed", ge=0)
+    pruner: Pruner = setting("median", "stops hopeless trials early on their per-epoch validation accuracy")
+    startup_trials: int = setting(4, "median: trials that finish before any is pruned", ge=0)
+    warmup_epochs: int = setting(1, "median: epochs every trial trains before it may be pruned", ge=0)
+    min_epochs: int = setting(1, "hyperband: epochs of the smallest bracket", ge=1)
+    reduction_factor: int = setting(3, "hyperband: 1/fraction of trials promoted at each rung", ge=2)
+    heartbeat: int = setting(10, "database storage: seconds between a running trial's heartbeats", ge=1)
+    grace: int = setting(60, "database storage: seconds without a heartbeat before a trial counts as dead "
+                             "and is retried", ge=1)
+    final_seeds: int = setting(0, "retrain the winner on all training images with this many fresh seeds "
+                                  "and report its test accuracy; --final-seeds", ge=0)
+
+
+@dataclass(frozen=True)
+class SweepFile(Settings):
+    name: str | None = setting(None, "sweep name (default: the file's name); the folder runs/<name>",
+                               check=folder_name_problem)
+    description: str = setting("", "one line shown in the report")
+    budget: Budget = setting(factory=Budget)
+    data: dict[str, Any] = setting(factory=dict, help="DataConfig of every trial (data.val > 0 is required)")
+    model: dict[str, Any] = setting(factory=dict, help="ModelConfig defaults of every trial")
+    train: dict[str, Any] = setting(factory=dict, help="TrainConfig defaults of every trial")
+    sweep: SweepOptions = setting(factory=SweepOptions)
+    search: dict[str, Any] = setting(factory=dict, help="config path -> SearchParam table")
+
+    def problems(self):
+        if not self.search:
+            yield "search", "the sweep searches nothing (add e.g. train.optim.lr = { type = \"float\", ... })"
