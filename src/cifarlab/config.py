@@ -492,7 +492,8 @@ class SearchParam(Settings):
 @dataclass(frozen=True)
 class SweepOptions(Settings):
     trials: int = setting(20, "trials in the whole search (every worker, every invocation); --trials", ge=1)
-    seed: int = setting(0, "TPE sampler seed; --seed", ge=0)
+    seed: int = setting(0, "TPE sampler seed (trial n draws with seed + n); --seed", ge=0)
+    random_trials: int = setting(8, "TPE: trials drawn at random before TPE models the results", ge=1)
     pruner: Pruner = setting("median", "stops hopeless trials early on their per-epoch validation accuracy")
     startup_trials: int = setting(4, "median: trials that finish before any is pruned", ge=0)
     warmup_epochs: int = setting(1, "median: epochs every trial trains before it may be pruned", ge=0)
