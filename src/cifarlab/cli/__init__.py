@@ -16,7 +16,7 @@ from cifarlab import __version__
 from cifarlab.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, CifarlabError
 from cifarlab.signals import Terminated, sigterm_interrupts
 
-COMMANDS = ("train", "models", "inspect", "study", "report", "data")
+COMMANDS = ("train", "models", "inspect", "study", "sweep", "report", "data")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,370 @@
+"""Running a sweep: workers ask Optuna for trials, train each as a run folder, and tell Optuna the result.
+
+Objective: the final-epoch validation accuracy. Each trial's epochs are reported to Optuna as they
+finish, so the spec's pruner (median or Hyperband) can stop a hopeless trial; a stopped trial keeps
+its run folder and is recorded as pruned. A point of the space that is not a valid config (e.g.
+alt_flip without flips, a model over the budget) is a failed trial with its reason, not a crash.
+Trials never see the test set: their data has no test split. Only `retrain_winner` (--final-seeds)
+reads it, once, for the best trial's config trained on every training image.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import replace
+from multiprocessing import get_context
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import Trial, TrialState
+
+from cifarlab.config import RunConfig, SearchParam, to_dict
+from cifarlab.console import log_line, plural
+from cifarlab.errors import CifarlabError, ConfigError
+from cifarlab.sweep.spec import SweepSpec
+from cifarlab.sweep.storage import JOURNAL_NAME, WORKER_ATTR, SweepStorage, counted, retry, worker_id
+
+INFO_NAME = "sweep.json"  # marks a sweep folder: name, digest, where the search is stored
+TRIALS_DIR = "trials"
+FINAL_DIR = "final"  # the winner's final-seed runs: a study folder (store.sqlite) of its own
+DIGEST_ATTR = "spec_digest"
+FINAL_SEED_OFFSET = 1  # final seeds are train.seed + 1 ... train.seed + N: none is the seed trials used
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log line per trial says more
+
+
+def trial_dir(number: int) -> str:
+    return f"{TRIALS_DIR}/trial-{number:04d}"
+
+
+def _sampler(spec: SweepSpec, number: int) -> optuna.samplers.BaseSampler:
+    # Seeded per trial number, not per process: parallel workers (and machines) with the same --seed
+    # would otherwise draw the same random start-up points. constant_liar makes TPE treat running
+    # trials as poor results, so parallel workers spread out instead of sampling the same region.
+    return optuna.samplers.TPESampler(seed=spec.options.seed + number, n_startup_trials=spec.options.random_trials,
+                                      constant_liar=True)
+
+
+def _max_epochs(spec: SweepSpec) -> int:
+    searched = spec.search.get("train.epochs")
+    if searched is not None:
+        return int(searched.high if searched.type != "categorical" else max(searched.choices))
+    return int(spec.config({}).train.epochs)
+
+
+def _pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    o = spec.options
+    if o.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=o.startup_trials, n_warmup_steps=o.warmup_epochs)
+    if o.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=o.min_epochs, max_resource=_max_epochs(spec),
+                                              reduction_factor=o.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+def _suggest(trial: Trial, path: str, p: SearchParam) -> Any:
+    if p.type == "categorical":
+        return trial.suggest_categorical(path, list(p.choices))
+    if p.type == "int":
+        return trial.suggest_int(path, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+    return trial.suggest_float(path, p.low, p.high, step=p.step, log=p.log)
+
+
+def open_study(spec: SweepSpec, storage: SweepStorage) -> optuna.Study:
+    """Create or join the search named after the spec; refuse one that was started from a different spec."""
+    with storage.claim(spec.name):
+        study = optuna.create_study(storage=storage.optuna, study_name=spec.name, direction="maximize",
+                                    load_if_exists=True, sampler=_sampler(spec, 0), pruner=_pruner(spec))
+        digest = study.user_attrs.get(DIGEST_ATTR)
+        if digest is None:
+            study.set_user_attr(DIGEST_ATTR, spec.digest)
+            study.set_user_attr("spec", spec.text)
+            study.set_user_attr("description", spec.description)
+            study.set_user_attr("objective", "val_acc")
+        elif digest != spec.digest:
+            raise ConfigError(f"{storage.where} holds sweep '{spec.name}' started from a different spec "
+                              f"(digest {digest[:12]}, this spec {spec.digest[:12]}); run it with the same spec, "
+                              "or use another --out / --storage")
+    return study
+
+
+def _short(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                     for k, v in values.items())
+
+
+def trial_data(cfg: RunConfig):
+    """The trial's data: training and validation splits only, so nothing a trial does can read the test set."""
+    from cifarlab.experiment import load_data
+
+    return replace(load_data(cfg), test=None, test_images=None)
+
+
+class _Worker:
+    """One process's share of the search: claim a trial, train it, tell Optuna; until the count is reached."""
+
+    def __init__(self, spec: SweepSpec, folder: Path, url: str | None, trials: int, log: Callable[[str], None]):
+        self.spec, self.folder, self.trials, self.log = spec, folder, trials, log
+        self.storage = SweepStorage(folder, url, spec.options)
+        self.study = open_study(spec, self.storage)
+        self.data = None  # loaded once per process: no sweep varies the data
+
+    def claim(self) -> tuple[Trial, dict[str, Any]] | None:
+        """The next trial and its values, or None when the search has all its trials."""
+        with self.storage.claim(self.spec.name):
+            for number in self.storage.reap(self.study):
+                self.log(f"trial {number}: its worker died; its parameters are queued again")
+            trials = self.study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            if not waiting and counted(trials) >= self.trials:
+                return None
+            # Under the lock the next new trial's number is the trial count (a waiting retry keeps its values).
+            self.study.sampler = _sampler(self.spec, len(trials))
+            trial = self.study.ask()
+            trial.set_user_attr(WORKER_ATTR, worker_id())
+            values = {path: _suggest(trial, path, p) for path, p in self.spec.search.items()}
+        return trial, values
+
+    def run(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + timeout if timeout else None
+        while deadline is None or time.monotonic() < deadline:
+            claimed = self.claim()
+            if claimed is None:
+                return
+            trial, values = claimed
+            with self.storage.beating(trial._trial_id):
+                self.run_trial(trial, values)
+
+    def _fail(self, trial: Trial, reason: str) -> None:
+        trial.set_user_attr("fail_reason", reason)
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.log(f"trial {trial.number} failed: {reason}")
+
+    def run_trial(self, trial: Trial, values: dict[str, Any]) -> None:
+        from cifarlab.experiment import StopRun, run_experiment
+
+        n = trial.number
+        retry_of = self.storage.optuna.get_trial(trial._trial_id).system_attrs.get("failed_trial")
+        self.log(f"trial {n} started{f' (retry of trial {retry_of})' if retry_of is not None else ''}: "
+                 f"{_short(values)}")
+        try:
+            cfg = self.spec.config(values)
+        except CifarlabError as exc:
+            return self._fail(trial, f"invalid configuration: {exc}")
+        rel = trial_dir(n)
+        trial.set_user_attr("run_dir", rel)
+
+        last: dict[str, float] = {}
+
+        def report(row: dict) -> None:
+            last["val"] = row["val_acc"]
+            trial.report(row["val_acc"], row["epoch"])
+            if trial.should_prune():
+                raise StopRun(f"pruned after epoch {row['epoch']}")
+
+        t0 = time.perf_counter()
+        try:
+            if self.data is None:
+                self.data = trial_data(cfg)
+            history = run_experiment(cfg, self.folder / rel, data=self.data, overwrite=True, log=None,
+                                     on_epoch=report)
+        except StopRun as stop:
+            trial.set_user_attr("seconds", time.perf_counter() - t0)
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return self.log(f"trial {n} {stop} (val {last['val']:.4f})")
+        except (CifarlabError, MemoryError) as exc:  # e.g. a model over the budget: the point is invalid
+            return self._fail(trial, str(exc) or exc.__class__.__name__)
+        except BaseException as exc:
+            # Interrupted (Ctrl-C, SIGTERM) or a bug: the trial is failed and its values queued again,
+            # so resuming the search runs them; a bug still ends the worker with its traceback.
+            trial.set_user_attr("fail_reason", f"interrupted ({exc.__class__.__name__})")
+            self.study.tell(trial, state=TrialState.FAIL)
+            retry(self.study, self.storage.optuna.get_trial(trial._trial_id))
+            raise
+        final = history.final
+        value = final["val_acc"]
+        trial.set_user_attr("seconds", history.meta["train_seconds"])
+        trial.set_user_attr("train_acc", final["train_acc"])
+        trial.set_user_attr("params", history.meta["params"])
+        if history.meta.get("diverged_at_epoch"):
+            trial.set_user_attr("diverged_at_epoch", history.meta["diverged_at_epoch"])
+        self.study.tell(trial, value if math.isfinite(value) else 0.0)
+        self.log(f"trial {n} finished: val {value:.4f} ({history.meta['train_seconds']:.1f}s)")
+
+
+def _work(spec: SweepSpec, folder: Path, url: str | None, trials: int, timeout: float | None, threads: int) -> None:
+    """A worker process's body (spawned for --jobs > 1)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    _Worker(spec, folder, url, trials, log_line).run(timeout)
+
+
+def _write_info(folder: Path, spec: SweepSpec, storage: SweepStorage) -> None:
+    path = folder / INFO_NAME
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous.get("name") != spec.name:
+            raise ConfigError(f"'{folder}' holds sweep '{previous.get('name')}', not '{spec.name}'; choose another --out")
+    info = {"name": spec.name, "digest": spec.digest, "storage": storage.where if storage.url else None}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_info(folder: Path) -> dict[str, Any] | None:
+    """The sweep folder's sweep.json, or None when `folder` is not a sweep folder."""
+    path = Path(folder) / INFO_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_sweep(spec: SweepSpec, out: str | Path | None = None, *, url: str | None = None, trials: int | None = None,
+              timeout: float | None = None, seed: int | None = None, jobs: int = 1, final_seeds: int | None = None,
+              log: Callable[[str], None] = log_line) -> Path:
+    """Run (or join, or resume) the search until it has `trials` trials; return the sweep folder."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    options = replace(spec.options, **{k: v for k, v in (("trials", trials), ("seed", seed),
+                                                         ("final_seeds", final_seeds)) if v is not None})
+    spec = replace(spec, options=options)
+    spec.config({})  # the spec's defaults alone must make a valid run before any worker starts
+    folder = Path(out) if out is not None else Path("runs") / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = SweepStorage(folder, url, spec.options)
+    study = open_study(spec, storage)
+    _write_info(folder, spec, storage)
+    before = counted(study.get_trials(deepcopy=False))
+    log(f"sweep '{spec.name}': {plural(options.trials, 'trial')} in all, {before} already there, "
+        f"{plural(jobs, 'worker')} here; storage {storage.where}")
+    started = time.perf_counter()
+    if jobs == 1:
+        _Worker(spec, folder, url, options.trials, log).run(timeout)
+    else:
+        _run_processes(spec, folder, url, options.trials, timeout, jobs, log)
+    log(f"{summary(study)} ({time.perf_counter() - started:.0f}s)")
+    if options.final_seeds:
+        retrain_winner(spec, folder, study, options.final_seeds, log)
+    return folder
+
+
+def _run_processes(spec, folder, url, trials, timeout, jobs, log) -> None:
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    ctx = get_context("spawn")
+    procs = [ctx.Process(target=_work, args=(spec, folder, url, trials, timeout, threads), name=f"sweep-worker-{i}")
+             for i in range(jobs)]
+    for p in procs:
+        p.start()
+    try:
+        running = list(procs)
+        while running:
+            # Join each worker as soon as it ends: a killed one must not linger as a zombie, which the
+            # journal's dead-worker check would take for alive.
+            for sentinel in wait([p.sentinel for p in running]):
+                p = next(p for p in running if p.sentinel == sentinel)
+                p.join()
+                running.remove(p)
+                if p.exitcode:
+                    log(f"{p.name} ended with exit code {p.exitcode}; the others go on")
+    except BaseException:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join()
+        raise
+
+
+def summary(study: optuna.Study) -> str:
+    """'12 trials: 7 complete, 4 pruned, 1 failed; best trial 3: val 0.6123'."""
+    trials = study.get_trials(deepcopy=False)
+    states = {s: sum(t.state == s for t in trials) for s in TrialState}
+    parts = [f"{states[s]} {s.name.lower()}" for s in TrialState if states[s]]
+    text = f"{plural(len(trials), 'trial')}: {', '.join(parts) or 'none yet'}"
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = max(complete, key=lambda t: t.value)
+        text += f"; best trial {best.number}: val {best.value:.4f} ({_short(best.params)})"
+    return text
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise ConfigError(f"sweep '{study.study_name}' has no completed trial yet")
+    return max(complete, key=lambda t: (t.value, -t.number))
+
+
+def winner_config(spec: SweepSpec, trial: optuna.trial.FrozenTrial) -> RunConfig:
+    """The best trial's config with the validation images put back (data.val = 0)."""
+    cfg = spec.config(trial.params)
+    return replace(cfg, data=replace(cfg.data, val=0))
+
+
+def final_seeds(cfg: RunConfig, n: int) -> list[int]:
+    return [cfg.train.seed + FINAL_SEED_OFFSET + k for k in range(n)]
+
+
+def retrain_winner(spec: SweepSpec, folder: Path, study: optuna.Study, n: int,
+                   log: Callable[[str], None] = log_line) -> Path:
+    """Train the best trial's config on all training images with `n` fresh seeds, into folder/final/.
+
+    The one place a sweep reads the test set. final/ is a study folder (store.sqlite, one experiment
+    per winner, named after its trial) that `cifarlab report` reads like any other.
+    """
+    from cifarlab.experiment import run_experiment
+    from cifarlab.store import RunRecord, Store
+    from cifarlab.study import run_dir_name, with_seed
+
+    best = best_trial(study)
+    cfg = winner_config(spec, best)
+    name = f"trial-{best.number}"
+    out = folder / FINAL_DIR
+    out.mkdir(exist_ok=True)
+    with Store(out) as store:
+        meta = store.meta()
+        experiments = [e for e in meta.get("experiments", []) if e != name] + [name]
+        descriptions = {**meta.get("descriptions", {}),
+                        name: f"trial {best.number} of sweep '{spec.name}' (val {100 * best.value:.2f}%): "
+                              f"{_short(best.params)}; trained on all training images"}
+        store.set_meta(name=f"{spec.name}-final", description=f"the winner of sweep '{spec.name}', fresh seeds",
+                       spec=spec.text, experiments=experiments, descriptions=descriptions, baseline=name,
+                       budget=to_dict(spec.budget), val=0, winner=best.number)
+        done = store.done()
+        seeds = [s for s in final_seeds(cfg, n) if (name, s) not in done]
+        log(f"final: trial {best.number} (val {best.value:.4f}) on all training images, seeds "
+            f"{', '.join(map(str, final_seeds(cfg, n)))}; {len(seeds)} to train -> {out}")
+        for seed in seeds:
+            run_cfg = with_seed(cfg, seed)
+            rel = run_dir_name(name, seed)
+            history = run_experiment(run_cfg, out / rel, overwrite=True, log=None)
+            store.record(RunRecord.of_run(name, seed, rel, to_dict(run_cfg), history.rows, history.meta))
+            log(f"final seed {seed}: test {history.final['test_acc']:.4f} ({history.meta['train_seconds']:.1f}s)")
+    return out
+
+
+def open_existing(folder: Path, url: str | None) -> optuna.Study:
+    """The search a sweep folder (or a URL) holds, for reading: the report, bench/tuned.py."""
+    from cifarlab.config import SweepOptions
+
+    info = read_info(folder) or {}
+    if url is None and info.get("storage"):
+        raise ConfigError(f"sweep '{info.get('name')}' is stored in {info['storage']}: pass --storage URL")
+    if url is None and not (folder / JOURNAL_NAME).is_file():
+        raise ConfigError(f"'{folder}' holds no sweep (no {JOURNAL_NAME}); run `cifarlab sweep` first")
+    storage = SweepStorage(folder, url, SweepOptions())
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage.optuna, include_best_trial=False)]
+    name = info.get("name")
+    if name is None:
+        if len(names) != 1:
+            raise ConfigError(f"{storage.where} holds {plural(len(names), 'sweep')} ({', '.join(names)}) and "
+                              f"'{folder}' has no sweep.json naming one")
+        name = names[0]
+    if name not in names:
+        raise ConfigError(f"{storage.where} holds no sweep named '{name}'")
+    return optuna.load_study(study_name=name, storage=storage.optuna)
+

@@ -1,0 +1,172 @@
+"""Where a search lives: Optuna's journal file in the sweep folder (one machine), or a PostgreSQL URL (many).
+
+Optuna's storage is the only coordination point. Two things are added on top of it:
+
+- a claim lock around "count the trials, ask for the next one", so that any number of workers stop at
+  exactly the requested trial count (Optuna's MaxTrialsCallback lets each worker overshoot by the
+  trials the others have in flight): a file lock beside the journal, a PostgreSQL advisory lock on a
+  database;
+- dead workers: on a database, Optuna's heartbeat marks a trial whose worker stopped beating as failed
+  and its RetryHeartbeatStaleTrialCallback queues the same parameters again. The journal has no
+  heartbeat, but all its workers share one machine, so a running trial whose process no longer exists
+  is failed and retried the same way, at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import socket
+import threading
+import warnings
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from cifarlab.config import SweepOptions
+from cifarlab.errors import ConfigError
+
+JOURNAL_NAME = "sweep.journal"
+CLAIM_LOCK = ".sweep.claim.lock"
+WORKER_ATTR = "worker"  # trial user attribute: "host:pid" of the process running it
+RETRIES = 2  # a trial whose worker died is run again at most this often (a config that kills workers stops there)
+
+# heartbeat_interval and fail_stale_trials are marked experimental; the messages are noise for users.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def display_url(url: str) -> str:
+    """The URL with its password masked, fit for logs, reports and sweep.json."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class SweepStorage:
+    """An Optuna storage plus the claim lock and dead-worker handling that go with it."""
+
+    def __init__(self, folder: Path, url: str | None, options: SweepOptions) -> None:
+        self.folder = folder
+        self.url = url
+        if url is None:
+            self.optuna = JournalStorage(JournalFileBackend(str(folder / JOURNAL_NAME)))
+            self.where = str(folder / JOURNAL_NAME)
+            return
+        scheme = urlsplit(url).scheme
+        if not scheme.startswith("postgresql"):
+            raise ConfigError(f"--storage: '{display_url(url)}' is not a postgresql:// URL (leave --storage out "
+                              "for the journal file in the sweep folder)")
+        try:
+            self.optuna = RDBStorage(url, heartbeat_interval=options.heartbeat, grace_period=options.grace,
+                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(RETRIES),
+                                     engine_kwargs={"pool_pre_ping": True})
+        except ImportError:
+            raise ConfigError("--storage postgresql:// needs a PostgreSQL driver: pip install 'cifarlab[sweep]'") from None
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: unreachable server, bad credentials
+            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            raise ConfigError(f"--storage: cannot open '{display_url(url)}': {first}") from None
+        self.where = display_url(url)
+
+    @contextlib.contextmanager
+    def claim(self, study_name: str) -> Iterator[None]:
+        """Hold the search's claim lock: one worker at a time counts trials and asks for the next."""
+        if self.url is None:
+            with open(self.folder / CLAIM_LOCK, "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)  # released by the kernel if the holder dies
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+            return
+        from sqlalchemy import text
+
+        # A session-level advisory lock on its own connection: PostgreSQL drops it if the worker dies.
+        key = int.from_bytes(hashlib.sha256(f"cifarlab-sweep:{study_name}".encode()).digest()[:8], "big", signed=True)
+        with self.optuna.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+    @contextlib.contextmanager
+    def beating(self, trial_id: int) -> Iterator[None]:
+        """Record the trial's heartbeat now and every `heartbeat` seconds until the block ends (database only)."""
+        interval = self.optuna.get_heartbeat_interval() if self.url is not None else None
+        if interval is None:
+            yield
+            return
+        self.optuna.record_heartbeat(trial_id)  # before any stale check can see the trial without one
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                self.optuna.record_heartbeat(trial_id)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def reap(self, study: optuna.Study) -> list[int]:
+        """Fail the trials whose worker died and queue their parameters again; the failed trial numbers."""
+        if self.url is not None:
+            before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+            optuna.storages.fail_stale_trials(study)  # heartbeat timeout -> FAIL -> retry callback
+            return sorted({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
+        host = socket.gethostname()
+        failed = []
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = str(trial.user_attrs.get(WORKER_ATTR, ""))
+            owner_host, _, pid = owner.rpartition(":")
+            if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+                continue
+            self.optuna.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            self.optuna.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {owner} died")
+            retry(study, self.optuna.get_trial(trial._trial_id))
+            failed.append(trial.number)
+        return failed
+
+
+def retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a failed trial's parameters as a new trial, as Optuna's heartbeat does for a dead worker."""
+    RetryHeartbeatStaleTrialCallback(RETRIES)(study, trial)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    try:  # a killed child its parent has not reaped yet is a zombie: dead, though kill(0) succeeds
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of trials that were run again under a new number (their worker died)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def counted(trials: list[FrozenTrial]) -> int:
+    """Trials that count towards --trials: all of them, less those a dead worker left and that were retried."""
+    retried = retried_numbers(trials)
+    return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
