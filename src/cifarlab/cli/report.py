@@ -5,11 +5,12 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="write report.html and report.md for a study folder",
+    p = sub.add_parser("report", help="write report.html and report.md for a study or sweep folder",
                        description="Summarise a study folder: comparison table over seeds, insights, training "
                                    "curves, confusion matrices, misclassified images and layer tables. Writes "
                                    "DIR/report.html (self-contained) and DIR/report.md (+ DIR/report-files/).")
-    p.add_argument("folder", metavar="DIR", help="study folder (holds store.sqlite)")
+    p.add_argument("folder", metavar="DIR", help="study folder (holds store.sqlite) or sweep folder (sweep.json)")
+    p.add_argument("--storage", metavar="URL", help="a sweep stored in PostgreSQL: its URL (the report goes to DIR)")
     p.add_argument("--data", metavar="DIR",
                    help="CIFAR-10 folder for the misclassified-image grids (default: $CIFARLAB_DATA, then "
                         "./data; never the folder recorded in the study)")
@@ -17,9 +18,19 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifarlab.report import write_report
+    from cifarlab.sweep import is_sweep_folder
 
-    html_path, md_path = write_report(args.folder, data_root=args.data)
+    if args.storage or is_sweep_folder(args.folder):
+        from cifarlab.cli.sweep import require_optuna
+
+        require_optuna()
+        from cifarlab.report.sweep import write_sweep_report
+
+        html_path, md_path = write_sweep_report(args.folder, url=args.storage, data_root=args.data)
+    else:
+        from cifarlab.report import write_report
+
+        html_path, md_path = write_report(args.folder, data_root=args.data)
     print(f"report: {html_path}")
     print(f"        {md_path}")
     return 0

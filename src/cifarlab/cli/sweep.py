@@ -6,7 +6,7 @@ import argparse
 from cifarlab.cli.common import positive_int
 from cifarlab.errors import CifarlabError
 
-INSTALL = "cifarlab sweep needs Optuna: pip install 'cifarlab[sweep]'"
+INSTALL = "sweeps need Optuna: pip install 'cifarlab[sweep]'"
 
 
 def non_negative_int(text: str) -> int:
@@ -41,11 +41,16 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def require_optuna() -> None:
+    """One line and exit 2 when the optional extra is missing; the rest of cifarlab never imports Optuna."""
     try:
         import optuna  # noqa: F401
     except ImportError:
         raise CifarlabError(INSTALL) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    require_optuna()
     from cifarlab.sweep import load_sweep_spec
     from cifarlab.sweep.run import run_sweep
 

@@ -284,7 +284,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def write_report(folder: str | Path, data_root: str | None = None) -> tuple[Path, Path]:
     """Write `folder/report.html` (self-contained) and `folder/report.md` (+ `report-files/*.png`)."""
     folder = Path(folder)
-    doc = build_report(load_study(folder), data_root)
+    return write_document(build_report(load_study(folder), data_root), folder)
+
+
+def write_document(doc: Document, folder: Path) -> tuple[Path, Path]:
+    """Render `doc` into `folder/report.html` and `folder/report.md` (+ `report-files/*.png`)."""
     html_path, md_path, files_dir = folder / HTML_NAME, folder / MD_NAME, folder / FILES_DIR
     markdown, files = render_markdown(doc, FILES_DIR)
     if files_dir.is_symlink() or (files_dir.exists() and not files_dir.is_dir()):  # its PNGs get replaced

@@ -25,10 +25,10 @@ from optuna.trial import Trial, TrialState
 from cifarlab.config import RunConfig, SearchParam, to_dict
 from cifarlab.console import log_line, plural
 from cifarlab.errors import CifarlabError, ConfigError
+from cifarlab.sweep import INFO_NAME, JOURNAL_NAME
 from cifarlab.sweep.spec import SweepSpec
-from cifarlab.sweep.storage import JOURNAL_NAME, WORKER_ATTR, SweepStorage, counted, retry, worker_id
+from cifarlab.sweep.storage import WORKER_ATTR, SweepStorage, counted, retry, worker_id
 
-INFO_NAME = "sweep.json"  # marks a sweep folder: name, digest, where the search is stored
 TRIALS_DIR = "trials"
 FINAL_DIR = "final"  # the winner's final-seed runs: a study folder (store.sqlite) of its own
 DIGEST_ATTR = "spec_digest"

@@ -31,8 +31,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarlab.config import SweepOptions
 from cifarlab.errors import ConfigError
+from cifarlab.sweep import JOURNAL_NAME
 
-JOURNAL_NAME = "sweep.journal"
 CLAIM_LOCK = ".sweep.claim.lock"
 WORKER_ATTR = "worker"  # trial user attribute: "host:pid" of the process running it
 RETRIES = 2  # a trial whose worker died is run again at most this often (a config that kills workers stops there)
