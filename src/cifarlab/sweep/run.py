@@ -113,15 +113,16 @@ class _Worker:
         self.study = open_study(spec, self.storage)
         self.data = None  # loaded once per process: no sweep varies the data
 
-    def claim(self) -> tuple[Trial, dict[str, Any]] | None:
-        """The next trial and its values, or None when the search has all its trials."""
+    def claim(self) -> tuple[Trial, dict[str, Any]] | str:
+        """The next trial and its values; "done" when the search has all its trials and none is running;
+        "wait" when the others' running trials are all that is left (one may belong to a dead worker)."""
         with self.storage.claim(self.spec.name):
             for number in self.storage.reap(self.study):
                 self.log(f"trial {number}: its worker died; its parameters are queued again")
             trials = self.study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             if not waiting and counted(trials) >= self.trials:
-                return None
+                return "wait" if any(t.state == TrialState.RUNNING for t in trials) else "done"
             # Under the lock the next new trial's number is the trial count (a waiting retry keeps its values).
             self.study.sampler = _sampler(self.spec, len(trials))
             trial = self.study.ask()
@@ -133,8 +134,13 @@ class _Worker:
         deadline = time.monotonic() + timeout if timeout else None
         while deadline is None or time.monotonic() < deadline:
             claimed = self.claim()
-            if claimed is None:
+            if claimed == "done":
                 return
+            if claimed == "wait":
+                # Stay until the running trials end: a dead worker's trial is failed after the heartbeat
+                # grace period and queued again, and someone has to run it.
+                time.sleep(min(self.spec.options.heartbeat, 5))
+                continue
             trial, values = claimed
             with self.storage.beating(trial._trial_id):
                 self.run_trial(trial, values)
@@ -163,7 +169,8 @@ class _Worker:
         def report(row: dict) -> None:
             last["val"] = row["val_acc"]
             trial.report(row["val_acc"], row["epoch"])
-            if trial.should_prune():
+            # Never after the last epoch: the work is done, and a complete trial tells TPE more.
+            if row["epoch"] < cfg.train.epochs and trial.should_prune():
                 raise StopRun(f"pruned after epoch {row['epoch']}")
 
         t0 = time.perf_counter()

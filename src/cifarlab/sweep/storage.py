@@ -37,8 +37,10 @@ CLAIM_LOCK = ".sweep.claim.lock"
 WORKER_ATTR = "worker"  # trial user attribute: "host:pid" of the process running it
 RETRIES = 2  # a trial whose worker died is run again at most this often (a config that kills workers stops there)
 
-# heartbeat_interval and fail_stale_trials are marked experimental; the messages are noise for users.
+# heartbeat_interval and fail_stale_trials are marked experimental, and Optuna warns that heartbeats are
+# meant for Study.optimize: the workers here ask and tell themselves and beat in `beating`. Noise for users.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def worker_id() -> str:
@@ -69,9 +71,11 @@ class SweepStorage:
             raise ConfigError(f"--storage: '{display_url(url)}' is not a postgresql:// URL (leave --storage out "
                               "for the journal file in the sweep folder)")
         try:
-            self.optuna = RDBStorage(url, heartbeat_interval=options.heartbeat, grace_period=options.grace,
-                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(RETRIES),
-                                     engine_kwargs={"pool_pre_ping": True})
+            # Workers starting together would each create Optuna's tables and collide: one at a time.
+            with _advisory_lock(url, "cifarlab-sweep-schema"):
+                self.optuna = RDBStorage(url, heartbeat_interval=options.heartbeat, grace_period=options.grace,
+                                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(RETRIES),
+                                         engine_kwargs={"pool_pre_ping": True})
         except ImportError:
             raise ConfigError("--storage postgresql:// needs a PostgreSQL driver: pip install 'cifarlab[sweep]'") from None
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: unreachable server, bad credentials
@@ -90,16 +94,8 @@ class SweepStorage:
                 finally:
                     fcntl.flock(fh, fcntl.LOCK_UN)
             return
-        from sqlalchemy import text
-
-        # A session-level advisory lock on its own connection: PostgreSQL drops it if the worker dies.
-        key = int.from_bytes(hashlib.sha256(f"cifarlab-sweep:{study_name}".encode()).digest()[:8], "big", signed=True)
-        with self.optuna.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        with _advisory_lock(self.optuna.engine, f"cifarlab-sweep:{study_name}"):
+            yield
 
     @contextlib.contextmanager
     def beating(self, trial_id: int) -> Iterator[None]:
@@ -141,6 +137,23 @@ class SweepStorage:
             retry(study, self.optuna.get_trial(trial._trial_id))
             failed.append(trial.number)
         return failed
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine_or_url, name: str) -> Iterator[None]:
+    """A PostgreSQL session-level advisory lock on a connection of its own: dropped if the holder dies."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(engine_or_url, poolclass=sqlalchemy.pool.NullPool) \
+        if isinstance(engine_or_url, str) else engine_or_url
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
 
 
 def retry(study: optuna.Study, trial: FrozenTrial) -> None:
