@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 SHARED_DATA ?= ../shared/data/cifar10
 export CIFARLAB_DATA ?= $(CURDIR)/data
 
-.PHONY: demo test install data browser bench clean
+.PHONY: demo test install data browser postgres bench clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,18 @@ browser:
 			|| echo "browser: could not install chromium; the browser test will be skipped"; \
 		else echo "browser: not root, chromium not installed; the browser test will be skipped"; fi; }
 
+# PostgreSQL for the many-machine sweep test (Debian's package; needs root). The suite starts its own
+# throw-away server in a temporary folder, so the package is told not to create a system cluster.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			mkdir -p /etc/postgresql-common; \
+			[ -e /etc/postgresql-common/createcluster.conf ] || \
+				echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+			|| echo "postgres: could not install postgresql; the PostgreSQL test will be skipped"; \
+		else echo "postgres: not root, postgresql not installed; the PostgreSQL test will be skipped"; fi; }
+
 # With a GPU: the normalisation study (3 norms x 5 seeds). Without: the one-minute smoke study.
 demo: install data
 	$(BIN)/cifarlab data --download
@@ -50,7 +62,7 @@ demo: install data
 	$(BIN)/cifarlab study $$spec --out runs/demo-$$(basename $$spec .toml) --report && \
 	echo "results: runs/demo-$$(basename $$spec .toml)/ (open report.html)"
 
-test: install data browser
+test: install data browser postgres
 	$(BIN)/python -m pytest -q
 
 bench: install data
