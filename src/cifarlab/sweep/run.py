@@ -37,6 +37,12 @@ FINAL_SEED_OFFSET = 1  # final seeds are train.seed + 1 ... train.seed + N: none
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log line per trial says more
 
 
+class SweepError(CifarlabError):
+    """A worker process of the sweep failed."""
+
+    exit_code = 1
+
+
 def trial_dir(number: int) -> str:
     return f"{TRIALS_DIR}/trial-{number:04d}"
 
@@ -266,6 +272,7 @@ def _run_processes(spec, folder, url, trials, timeout, jobs, log) -> None:
              for i in range(jobs)]
     for p in procs:
         p.start()
+    failed = []
     try:
         running = list(procs)
         while running:
@@ -276,6 +283,7 @@ def _run_processes(spec, folder, url, trials, timeout, jobs, log) -> None:
                 p.join()
                 running.remove(p)
                 if p.exitcode:
+                    failed.append(p.name)
                     log(f"{p.name} ended with exit code {p.exitcode}; the others go on")
     except BaseException:
         for p in procs:
@@ -284,6 +292,9 @@ def _run_processes(spec, folder, url, trials, timeout, jobs, log) -> None:
         for p in procs:
             p.join()
         raise
+    if failed:
+        raise SweepError(f"{plural(len(failed), 'worker')} of {jobs} ended with an error (see above); rerun the "
+                         "command to go on with the search")
 
 
 def summary(study: optuna.Study) -> str:

@@ -72,7 +72,8 @@ class SweepStorage:
                               "for the journal file in the sweep folder)")
         try:
             # Workers starting together would each create Optuna's tables and collide: one at a time.
-            with _advisory_lock(url, "cifarlab-sweep-schema"):
+            with _advisory_lock(url, "cifarlab-sweep-schema"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.optuna = RDBStorage(url, heartbeat_interval=options.heartbeat, grace_period=options.grace,
                                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(RETRIES),
                                          engine_kwargs={"pool_pre_ping": True})
@@ -132,8 +133,9 @@ class SweepStorage:
             owner_host, _, pid = owner.rpartition(":")
             if owner_host != host or not pid.isdigit() or _alive(int(pid)):
                 continue
-            self.optuna.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            # The reason first: a finished trial's attributes can no longer be set.
             self.optuna.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {owner} died")
+            self.optuna.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             retry(study, self.optuna.get_trial(trial._trial_id))
             failed.append(trial.number)
         return failed
