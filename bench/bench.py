@@ -1,6 +1,6 @@
 """cifarlab benchmark: prints one table; results go to BENCHMARKS.md by hand with date and device.
 
-  python bench/bench.py gpu [--seeds 5] [--out DIR] [--tuned TUNE_DIR]   accuracy/speed table (the issue-5 rows; needs CUDA)
+  python bench/bench.py gpu [--seeds 5] [--out DIR] [--tuned SWEEP_DIR...]   accuracy/speed table (the issue-5 rows; needs CUDA)
   python bench/bench.py cpu [--model s8-net] [--batch-size 128]  CPU data-path cost: cifarlab loop vs bare model
                                                       vs a conventional per-sample DataLoader pipeline
 Not a test: nothing here asserts; it measures.
@@ -47,7 +47,7 @@ def gpu(args: argparse.Namespace) -> None:
         budget = Path(args.out) / "budget-tuned.toml"
         budget.parent.mkdir(parents=True, exist_ok=True)
         budget.write_text(spec_text(args.tuned, "budget-tuned", args.seeds))
-        print(f"budget-net rows from the validation sweep in {args.tuned} ({budget})")
+        print(f"budget-net rows from the validation sweeps in {', '.join(args.tuned)} ({budget})")
     for spec_path in (budget, ROOT / "bench/s8.toml"):
         spec = load_spec(spec_path)
         folder = run_study(spec, out=Path(args.out) / spec.name, seeds=args.seeds, jobs=1)
@@ -179,8 +179,8 @@ def main() -> None:
     g = sub.add_parser("gpu")
     g.add_argument("--seeds", type=int, default=5)
     g.add_argument("--out", default="runs/bench")
-    g.add_argument("--tuned", metavar="TUNE_DIR",
-                   help="budget-net rows: each norm's best recipe of this validation sweep (bench/tuned.py)")
+    g.add_argument("--tuned", metavar="SWEEP_DIR", nargs="+",
+                   help="budget-net rows: each norm's best trial of these validation sweeps (bench/tuned.py)")
     c = sub.add_parser("cpu")
     c.add_argument("--model", default="s8-net")
     c.add_argument("--batch-size", type=int, default=128)

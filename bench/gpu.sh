@@ -14,7 +14,7 @@
 #   budget         studies/budget.toml, 5 seeds, 5 processes (budget-net BN/GN/LN, each norm's recipe)
 #   normalization  studies/normalization.toml, 5 seeds
 #   keras          studies/keras-cifar10.toml, 3 seeds
-#   tune-s8, tune-budget   recipe searches on a 5,000-image validation split
+#   tune-s8, tune-budget   recipe sweeps (cifarlab sweep, per norm) on a 5,000-image validation split
 #   bench          bench/bench.py gpu, 5 seeds: budget-net (tune-budget's winners when it ran in WORK,
 #                  else studies/budget.toml) and bench/s8.toml; resumes in WORK/bench
 #
@@ -68,9 +68,11 @@ declare -A CMD=(
   [budget]="study studies/budget.toml --seeds 5 --jobs 5"
   [normalization]="study studies/normalization.toml --seeds 5"
   [keras-cifar10]="study studies/keras-cifar10.toml --seeds 3 --jobs 3"
-  [tune-s8]="study studies/tune/s8.toml --jobs 4"
-  [tune-budget]="study studies/tune/budget.toml --jobs 4"
 )
+for n in bn gn ln; do  # the recipe sweeps, one per model and norm
+  CMD[tune-s8-$n]="sweep studies/tune/s8-$n.toml --jobs 4"
+  CMD[tune-budget-$n]="sweep studies/tune/budget-$n.toml --jobs 4"
+done
 # budget-net BN with the whitening stem at batch 512, and s8-net BN at its default batch 256. The
 # window (steps 210-249) lies inside epoch 3 of budget-net (97 steps per epoch) and epoch 2 of s8-net (195),
 # and 4 and 3 epochs leave a whole epoch after it, timed without the profiler.
@@ -86,7 +88,7 @@ session() {  # what the raw files do not say about themselves: written once per 
   [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit (with uncommitted changes)"
   for key in "${!CMD[@]}"; do cmds+=("$key=cifarlab ${CMD[$key]} --out $WORK/$key"); done
   for key in budget-tuned bench-s8; do  # the studies bench/bench.py writes (and "budget" without tune-budget)
-    cmds+=("$key=python bench/bench.py gpu --out $WORK/bench (--tuned $WORK/tune-budget when it ran)")
+    cmds+=("$key=python bench/bench.py gpu --out $WORK/bench (--tuned $WORK/tune-budget-{bn,gn,ln} when they ran)")
   done
   for key in "${!PROFILE[@]}"; do cmds+=("profile:$key=python bench/profile.py --name $key -- ${PROFILE[$key]}"); done
   "$PY" - "$RESULTS/session.toml" "$commit" "${cmds[@]}" <<'EOF'
@@ -130,6 +132,12 @@ study() {  # study KEY: run CMD[KEY] into WORK/KEY, log, report, pack, summarise
   "$PY" bench/summary.py "$WORK/$key" | tee -a "$RESULTS/summary.txt"
 }
 
+sweep() {  # sweep KEY: run CMD[KEY] (a cifarlab sweep) into WORK/KEY with its report, log, pack
+  local key=$1
+  cl ${CMD[$key]} --out "$WORK/$key" --report 2>&1 | tee "$RESULTS/$key.log"
+  pack "$key"
+}
+
 [ ${#needs_cuda[@]} -gt 0 ] && session
 for step in "${args[@]}"; do
   echo "=== $step $(date +%T)"
@@ -158,11 +166,12 @@ print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA de
     budget) study budget ;;
     normalization) study normalization ;;
     keras) study keras-cifar10 ;;
-    tune-s8) study tune-s8 ;;
-    tune-budget) study tune-budget ;;
+    tune-s8) for n in bn gn ln; do sweep "tune-s8-$n"; done ;;
+    tune-budget) for n in bn gn ln; do sweep "tune-budget-$n"; done ;;
     bench)
       tuned=(); rows=budget
-      [ -f "$WORK/tune-budget/store.sqlite" ] && tuned=(--tuned "$WORK/tune-budget") && rows=budget-tuned
+      for n in bn gn ln; do [ -f "$WORK/tune-budget-$n/sweep.json" ] && tuned+=("$WORK/tune-budget-$n"); done
+      [ ${#tuned[@]} -gt 0 ] && tuned=(--tuned "${tuned[@]}") && rows=budget-tuned
       "$PY" bench/bench.py gpu --out "$WORK/bench" "${tuned[@]}" | tee "$RESULTS/bench.txt"; pack bench
       "$PY" bench/summary.py "$WORK/bench/$rows" "$WORK/bench/bench-s8" | tee -a "$RESULTS/summary.txt" ;;
   esac

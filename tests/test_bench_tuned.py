@@ -1,14 +1,16 @@
-"""bench/tuned.py: a validation sweep becomes benchmark rows (best per norm, val images put back)."""
+"""bench/tuned.py: validation sweeps become benchmark rows (each norm's best trial, val images put back)."""
 from __future__ import annotations
 
 import importlib.util
-import statistics
 from pathlib import Path
 
 import pytest
 
-from cifarlab.store import Store
-from cifarlab.study import load_spec, run_study
+pytest.importorskip("optuna", reason="the [sweep] extra is not installed")
+
+from cifarlab.study import load_spec  # noqa: E402
+from cifarlab.sweep import load_sweep_spec  # noqa: E402
+from cifarlab.sweep.run import best_trial, open_existing, run_sweep  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -21,50 +23,51 @@ def _tuned():
     return module
 
 
-def test_the_best_validation_recipe_per_norm_is_retrained_on_all_images(tmp_path, make_folder):
-    data = make_folder(n_train=12, n_test=2).root
-    tune = tmp_path / "tune.toml"
-    tune.write_text(f"""
-name = "tune"
+def sweep(tmp_path: Path, data: Path, norm: str, search: str) -> Path:
+    path = tmp_path / f"{norm}.toml"
+    path.write_text(f"""
+name = "tune-{norm}"
 [data]
 root = "{data}"
 val = 40
 [model]
 name = "budget-net"
-options = {{ w1 = 8, w2 = 8, w3 = 8, stem = 8 }}
+options = {{ w1 = 8, w2 = 8, w3 = 8, stem = 8, norm = "{norm}" }}
 [train]
-epochs = 2
+epochs = 1
 batch_size = 16
 augment = "none"
-[train.optim]
-lr = 0.05
-[[experiments]]
-name = "bn-slow"
-[[experiments]]
-name = "bn-fast"
-model = {{ options = {{ pool = "late" }} }}
-train = {{ alt_flip = true, augment = "flip", optim = {{ lr = 0.5 }} }}
-[[experiments]]
-name = "gn"
-model = {{ options = {{ norm = "gn" }} }}
+device = "cpu"
+compile = "off"
+[sweep]
+trials = 2
+pruner = "none"
+random_trials = 2
+[search]
+{search}
 """)
-    folder = run_study(load_spec(tune), out=tmp_path / "tune", seeds=2, log=lambda s: None)
-    with Store(folder) as store:
-        runs = store.runs()
-    val = {e: statistics.mean(r.val_acc for r in runs if r.experiment == e) for e in ("bn-slow", "bn-fast")}
-    best_bn = max(val, key=val.get)
+    return run_sweep(load_sweep_spec(path), tmp_path / norm, log=lambda s: None)
+
+
+def test_each_norms_best_trial_is_retrained_on_all_images(tmp_path, make_folder):
+    data = make_folder(n_train=12, n_test=2).root
+    bn_sweep = sweep(tmp_path, data, "bn", 'train.optim.lr = { type = "float", low = 0.01, high = 0.5, log = true }\n'
+                                       'model.options.pool = { type = "categorical", choices = ["early", "late"] }')
+    gn = sweep(tmp_path, data, "gn", 'train.optim.lr = { type = "float", low = 0.01, high = 0.5, log = true }')
+    best = {n: best_trial(open_existing(folder, None)) for n, folder in (("bn", bn_sweep), ("gn", gn))}
 
     tuned = _tuned()
-    assert [(w["norm"], w["experiment"], w["n"]) for w in tuned.winners(folder)] == [("bn", best_bn, 2), ("gn", "gn", 2)]
+    assert [(w["norm"], w["experiment"], w["val"]) for w in tuned.winners([bn_sweep, gn])] == [
+        ("bn", f"tune-bn trial {best['bn'].number}", best["bn"].value),
+        ("gn", f"tune-gn trial {best['gn'].number}", best["gn"].value)]
     out = tmp_path / "bench.toml"
-    out.write_text(tuned.spec_text(folder, "bench-tuned", seeds=3))
+    out.write_text(tuned.spec_text([bn_sweep, gn], "bench-tuned", seeds=3))
     spec = load_spec(out)
     assert spec.seeds == 3 and [e.name for e in spec.experiments] == ["bn", "gn"]
     bn = spec.experiments[0].config
-    chosen = next(r for r in runs if r.experiment == best_bn).config
     assert bn.data.val == 0 and bn.data.root is None  # all training images; data found as usual
-    assert bn.model.options == chosen["model"]["options"]
-    assert bn.train.alt_flip == chosen["train"]["alt_flip"]
-    assert bn.train.optim.lr == chosen["train"]["optim"]["lr"]
+    assert bn.train.optim.lr == best["bn"].params["train.optim.lr"]
+    assert bn.model.options["pool"] == best["bn"].params["model.options.pool"]
+    assert bn.model.options["w1"] == 8 and bn.train.epochs == 1
     assert spec.experiments[1].config.model.options["norm"] == "gn"
-    assert best_bn in spec.experiments[0].description
+    assert f"trial {best['bn'].number}" in spec.experiments[0].description

@@ -365,6 +365,16 @@ def retrain_winner(spec: SweepSpec, folder: Path, study: optuna.Study, n: int,
     return out
 
 
+def stored_spec(study: optuna.Study) -> SweepSpec:
+    """The spec a search was started from, as stored with it (for readers without the spec file)."""
+    from cifarlab.sweep.spec import parse_sweep_spec
+
+    text = study.user_attrs.get("spec")
+    if text is None:
+        raise ConfigError(f"sweep '{study.study_name}' was not started by cifarlab sweep (no stored spec)")
+    return replace(parse_sweep_spec(text, Path(f"<spec of sweep {study.study_name}>")), name=study.study_name)
+
+
 def open_existing(folder: Path, url: str | None) -> optuna.Study:
     """The search a sweep folder (or a URL) holds, for reading: the report, bench/tuned.py."""
     from cifarlab.config import SweepOptions

@@ -154,7 +154,11 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep spec '{path}' does not exist")
-    text = path.read_text()
+    return parse_sweep_spec(path.read_text(), path)
+
+
+def parse_sweep_spec(text: str, path: Path) -> SweepSpec:
+    """A sweep spec from its TOML text (e.g. the copy a search stores); `path` names it in errors."""
     try:
         raw = tomllib.loads(text)
         if "experiments" in raw:
