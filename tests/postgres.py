@@ -13,6 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
+
 REQUIRED = os.environ.get("CIFARLAB_REQUIRE_POSTGRES") == "1"
 
 
@@ -65,3 +67,23 @@ class Server:
             self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A server for one test module; skipped with the reason where PostgreSQL is missing, failed under
+    CIFARLAB_REQUIRE_POSTGRES=1 (CI)."""
+    why = None
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        why = "psycopg is not installed (pip install 'cifarlab[sweep]')"
+    if why is None and binaries() is None:
+        why = "PostgreSQL is not installed (make test installs Debian's postgresql as root)"
+    if why:
+        if REQUIRED:
+            pytest.fail(f"CIFARLAB_REQUIRE_POSTGRES=1 but {why}")
+        pytest.skip(why)
+    server = Server()
+    yield server.url
+    server.stop()

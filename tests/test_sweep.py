@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import random_image, save_png
+from postgres import postgres_url  # noqa: F401 - a fixture
 from cifarlab.data import CLASSES
 
 optuna = pytest.importorskip("optuna", reason="the [sweep] extra is not installed")
@@ -420,26 +421,6 @@ def test_journal_with_two_jobs_resumes_after_a_kill(tmp_path, data):
 
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL: three workers (as on three machines) share one search; one is killed mid-trial
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    import postgres
-
-    why = None
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        why = "psycopg is not installed (pip install 'cifarlab[sweep]')"
-    if why is None and postgres.binaries() is None:
-        why = "PostgreSQL is not installed (make test installs Debian's postgresql as root)"
-    if why:
-        if postgres.REQUIRED:
-            pytest.fail(f"CIFARLAB_REQUIRE_POSTGRES=1 but {why}")
-        pytest.skip(why)
-    server = postgres.Server()
-    yield server.url
-    server.stop()
 
 
 @pytest.mark.postgres

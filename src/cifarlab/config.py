@@ -28,7 +28,7 @@ Compile = Literal["auto", "on", "off", "reduce-overhead", "max-autotune"]
 Switch = Literal["auto", "on", "off"]
 
 # Names the study folder uses for itself; a study or experiment may not take them.
-RESERVED_NAMES = ("store.sqlite", "report.html", "report.md", "report-files")
+RESERVED_NAMES = ("store.sqlite", "study.json", "report.html", "report.md", "report-files")
 
 
 class SettingError(ConfigError):

@@ -172,8 +172,13 @@ def _gpu_count() -> int:
 
 
 def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None = None, jobs: int = 1,
-              log: Callable[[str], None] = log_line) -> Path:
-    """Run every (experiment, seed) not yet in the store; return the study folder."""
+              log: Callable[[str], None] = log_line, storage: str | None = None) -> Path:
+    """Run every (experiment, seed) not yet in the store; return the study folder.
+
+    With `storage` (a postgresql:// URL) the store is that database, shared by every worker started with
+    the same spec and URL, on any machine: each takes the next unclaimed run (store_pg.PgStore.claim),
+    so each run is done once; run folders stay on the machine that trained them.
+    """
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     n_seeds = seeds if seeds is not None else spec.seeds
@@ -187,7 +192,7 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
     if problem:
         raise ConfigError(problem)
     folder.mkdir(parents=True, exist_ok=True)
-    with FolderLock(folder), Store(folder) as store:
+    with FolderLock(folder), open_store(folder, storage, spec.name) as store:
         previous = store.meta()
         if previous.get("name") not in (None, spec.name):
             raise ConfigError(f"'{folder}' holds study '{previous['name']}', not '{spec.name}'; choose another --out")
@@ -210,6 +215,10 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
                        descriptions={e.name: e.description for e in spec.experiments},
                        budget=to_dict(spec.budget),
                        val=max(e.config.data.val for e in spec.experiments), params=params)
+        if storage is not None:
+            from cifarlab.study_shared import run_shared
+
+            return run_shared(spec, folder, storage, store, n_seeds, jobs, log)
         tasks = [(exp.name, seed, with_seed(exp.config, seed), folder)
                  for exp in spec.experiments for seed in range(n_seeds) if (exp.name, seed) not in finished]
         total = len(spec.experiments) * n_seeds
@@ -237,6 +246,15 @@ def diverged_runs(store: Store) -> list[str]:
     return [f"{r.experiment} seed {r.seed}" for r in store.runs([]) if r.diverged]
 
 
+def open_store(folder: Path, storage: str | None, name: str, create: bool = True):
+    """The study's store: `folder/store.sqlite`, or study `name` in the database at `storage`."""
+    if storage is None:
+        return Store(folder, create=create)
+    from cifarlab.store_pg import PgStore
+
+    return PgStore(storage, name, create=create)
+
+
 def _clear_stale(folder: Path) -> None:
     """Remove the staging folders that runs of a killed study left in its experiment folders.
 
@@ -248,6 +266,17 @@ def _clear_stale(folder: Path) -> None:
             clear_stale_stages(sub)
 
 
+def _pool_args(ctx, jobs: int) -> dict:
+    """ProcessPoolExecutor arguments: workers die with the study and take a GPU each, round robin."""
+    gpus = _gpu_count()
+    devices = None
+    if gpus > 1:  # one GPU per worker, round robin; with one GPU every worker shares it
+        devices = ctx.Queue()
+        for i in range(jobs):
+            devices.put(f"cuda:{i % gpus}")
+    return {"initializer": _start_worker, "initargs": (os.getpid(), devices)}
+
+
 def _execute(tasks: list[tuple[str, int, RunConfig, Path]], jobs: int):
     """Yield RunRecords as runs finish: in-process for one job, else a pool of spawned processes."""
     if jobs == 1 or len(tasks) <= 1:
@@ -256,14 +285,7 @@ def _execute(tasks: list[tuple[str, int, RunConfig, Path]], jobs: int):
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = get_context("spawn")
-    gpus = _gpu_count()
-    devices = None
-    if gpus > 1:  # one GPU per worker, round robin; with one GPU every worker shares it
-        devices = ctx.Queue()
-        for i in range(jobs):
-            devices.put(f"cuda:{i % gpus}")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_start_worker,
-                             initargs=(os.getpid(), devices)) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **_pool_args(ctx, jobs)) as pool:
         futures = [pool.submit(_run_one, *task, threads) for task in tasks]
         try:
             for future in as_completed(futures):

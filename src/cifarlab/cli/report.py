@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(sub) -> None:
@@ -10,7 +11,8 @@ def add_parser(sub) -> None:
                                    "curves, confusion matrices, misclassified images and layer tables. Writes "
                                    "DIR/report.html (self-contained) and DIR/report.md (+ DIR/report-files/).")
     p.add_argument("folder", metavar="DIR", help="study folder (holds store.sqlite) or sweep folder (sweep.json)")
-    p.add_argument("--storage", metavar="URL", help="a sweep stored in PostgreSQL: its URL (the report goes to DIR)")
+    p.add_argument("--storage", metavar="URL", help="the PostgreSQL URL a sweep or a shared study (study --storage) "
+                                                    "is stored in; DIR is a folder that took part in it")
     p.add_argument("--data", metavar="DIR",
                    help="CIFAR-10 folder for the misclassified-image grids (default: $CIFARLAB_DATA, then "
                         "./data; never the folder recorded in the study)")
@@ -20,7 +22,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from cifarlab.sweep import is_sweep_folder
 
-    if args.storage or is_sweep_folder(args.folder):
+    shared_study = (Path(args.folder) / "study.json").is_file()  # cifarlab study --storage (study_shared.MARKER)
+    if is_sweep_folder(args.folder) or (args.storage and not shared_study):
         from cifarlab.cli.sweep import require_optuna
 
         require_optuna()
@@ -30,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from cifarlab.report import write_report
 
-        html_path, md_path = write_report(args.folder, data_root=args.data)
+        html_path, md_path = write_report(args.folder, data_root=args.data, url=args.storage)
     print(f"report: {html_path}")
     print(f"        {md_path}")
     return 0

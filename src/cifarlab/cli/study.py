@@ -14,24 +14,25 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=positive_int, help="number of seeds (default: the spec's `seeds`)")
     p.add_argument("--jobs", type=positive_int, default=1, help="runs at once (processes; default 1)")
     p.add_argument("--out", metavar="DIR", help="study folder (default runs/<study name>)")
+    p.add_argument("--storage", metavar="URL", help="postgresql://... shared by workers on any machines started with "
+                                                    "the same spec and URL: each run is done once, by one of them")
     p.add_argument("--report", action="store_true", help="write the report when the runs are done")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cifarlab.errors import DivergedError
-    from cifarlab.store import Store
-    from cifarlab.study import diverged_runs, load_spec, run_study
+    from cifarlab.study import diverged_runs, load_spec, open_store, run_study
 
     spec = load_spec(args.spec)
-    folder = run_study(spec, out=args.out, seeds=args.seeds, jobs=args.jobs)
+    folder = run_study(spec, out=args.out, seeds=args.seeds, jobs=args.jobs, storage=args.storage)
     if args.report:
         from cifarlab.report import write_report
 
         # The error grids read the data this spec trained on: the user's own spec, just run.
-        for path in write_report(folder, data_root=spec.experiments[0].config.data.root):
+        for path in write_report(folder, data_root=spec.experiments[0].config.data.root, url=args.storage):
             print(f"report: {path}")
-    with Store(folder, create=False) as store:
+    with open_store(folder, args.storage, spec.name, create=False) as store:
         diverged = diverged_runs(store)
     if diverged:
         raise DivergedError(f"{len(diverged)} of the study's runs diverged (non-finite loss): {', '.join(diverged)}")

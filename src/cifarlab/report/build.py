@@ -281,10 +281,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_report(folder: str | Path, data_root: str | None = None) -> tuple[Path, Path]:
-    """Write `folder/report.html` (self-contained) and `folder/report.md` (+ `report-files/*.png`)."""
+def write_report(folder: str | Path, data_root: str | None = None, url: str | None = None) -> tuple[Path, Path]:
+    """Write `folder/report.html` (self-contained) and `folder/report.md` (+ `report-files/*.png`);
+    `url`: the study's runs are in that database (cifarlab study --storage)."""
     folder = Path(folder)
-    return write_document(build_report(load_study(folder), data_root), folder)
+    return write_document(build_report(load_study(folder, url), data_root), folder)
 
 
 def write_document(doc: Document, folder: Path) -> tuple[Path, Path]:

@@ -69,22 +69,28 @@ class Study:
         return next((e for e in self.experiments if e.name == name), None)
 
 
-def load_study(folder: str | Path) -> Study:
-    """Read `folder/store.sqlite`; ReportError when there is no store or no finished run."""
+def load_study(folder: str | Path, url: str | None = None) -> Study:
+    """Read `folder/store.sqlite` (or, with `url`, the shared study named in `folder/study.json`);
+    ReportError when there is no store or no finished run."""
     folder = Path(folder)
     path = folder / STORE_NAME
     if not folder.is_dir():
         raise ReportError(f"'{folder}' is not a folder")
-    if not path.is_file():
+    notes: list[str] = []
+    if url is not None:
+        from cifarlab.study_shared import read_shared
+
+        meta, runs, recorded = read_shared(folder, url)
+    elif not path.is_file():
         raise ReportError(f"'{folder}' holds no study store ({STORE_NAME}); run `cifarlab study` first")
-    if path.stat().st_size == 0:
+    elif path.stat().st_size == 0:
         # Store() would initialise an empty file as a new store; a report must never write.
         raise StoreError(f"'{path}' is empty, not a cifarlab study store (left untouched)")
-    recorded = dt.datetime.fromtimestamp(path.stat().st_mtime)
-    notes: list[str] = []
-    with Store(folder, create=False) as store:
-        meta = _checked_meta(store.meta(notes), notes)
-        runs = store.runs(notes)
+    else:
+        recorded = dt.datetime.fromtimestamp(path.stat().st_mtime)
+        with Store(folder, create=False) as store:
+            meta = _checked_meta(store.meta(notes), notes)
+            runs = store.runs(notes)
     if not runs:
         why = f": {notes[0]}" if notes else " yet"
         raise ReportError(f"the study in '{folder}' has no {'readable' if notes else 'finished'} runs{why}")

@@ -145,7 +145,7 @@ class _Worker:
             if claimed == "wait":
                 # Stay until the running trials end: a dead worker's trial is failed after the heartbeat
                 # grace period and queued again, and someone has to run it.
-                time.sleep(min(self.spec.options.heartbeat, 5))
+                time.sleep(2)  # a cheap look at the storage
                 continue
             trial, values = claimed
             with self.storage.beating(trial._trial_id):

@@ -22,7 +22,7 @@ import threading
 import warnings
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarlab.config import SweepOptions
 from cifarlab.errors import ConfigError
+from cifarlab.store_pg import display_url
 from cifarlab.sweep import JOURNAL_NAME
 
 CLAIM_LOCK = ".sweep.claim.lock"
@@ -45,15 +46,6 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def display_url(url: str) -> str:
-    """The URL with its password masked, fit for logs, reports and sweep.json."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class SweepStorage:
