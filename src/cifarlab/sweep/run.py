@@ -157,6 +157,8 @@ class _Worker:
         self.log(f"trial {trial.number} failed: {reason}")
 
     def run_trial(self, trial: Trial, values: dict[str, Any]) -> None:
+        import torch
+
         from cifarlab.experiment import StopRun, run_experiment
 
         n = trial.number
@@ -189,7 +191,8 @@ class _Worker:
             trial.set_user_attr("seconds", time.perf_counter() - t0)
             self.study.tell(trial, state=TrialState.PRUNED)
             return self.log(f"trial {n} {stop} (val {last['val']:.4f})")
-        except (CifarlabError, MemoryError) as exc:  # e.g. a model over the budget: the point is invalid
+        except (CifarlabError, MemoryError, torch.OutOfMemoryError) as exc:  # a model over the budget, a batch
+            # too large for the GPU: this point of the space is unusable, the search goes on
             return self._fail(trial, str(exc) or exc.__class__.__name__)
         except BaseException as exc:
             # Interrupted (Ctrl-C, SIGTERM) or a bug: the trial is failed and its values queued again,

@@ -115,9 +115,9 @@ class SweepStorage:
     def reap(self, study: optuna.Study) -> list[int]:
         """Fail the trials whose worker died and queue their parameters again; the failed trial numbers."""
         if self.url is not None:
-            before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+            before = retried_numbers(study.get_trials(deepcopy=False))
             optuna.storages.fail_stale_trials(study)  # heartbeat timeout -> FAIL -> retry callback
-            return sorted({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
+            return sorted(retried_numbers(study.get_trials(deepcopy=False)) - before)
         host = socket.gethostname()
         failed = []
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
