@@ -152,7 +152,9 @@ def _advisory_lock(engine_or_url, name: str) -> Iterator[None]:
 
 def retry(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a failed trial's parameters as a new trial, as Optuna's heartbeat does for a dead worker."""
-    RetryHeartbeatStaleTrialCallback(RETRIES)(study, trial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(RETRIES)(study, trial)
 
 
 def _alive(pid: int) -> bool:
