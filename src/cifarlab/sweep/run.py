@@ -258,9 +258,11 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, *, url: str | None
     log(f"sweep '{spec.name}': {plural(options.trials, 'trial')} in all, {before} already there, "
         f"{plural(jobs, 'worker')} here; storage {storage.where}")
     started = time.perf_counter()
+    trials_now = study.get_trials(deepcopy=False)
+    finished = before >= options.trials and all(t.state.is_finished() for t in trials_now)
     if jobs == 1:
         _Worker(spec, folder, url, options.trials, log).run(timeout)
-    else:
+    elif not finished:  # spawning workers costs seconds each (torch): only when there is work
         _run_processes(spec, folder, url, options.trials, timeout, jobs, log)
     log(f"{summary(study)} ({time.perf_counter() - started:.0f}s)")
     if options.final_seeds:
