@@ -117,7 +117,9 @@ class _Worker:
         self.spec, self.folder, self.trials, self.log = spec, folder, trials, log
         self.storage = SweepStorage(folder, url, spec.options)
         self.study = open_study(spec, self.storage)
-        self.data = None  # loaded once per process: no sweep varies the data
+        # Loaded once per process, before any trial is claimed (a missing data folder is one error, not a
+        # failed trial each): a sweep never varies data.*, so every trial trains on the same split.
+        self.data = trial_data(spec.config({}))
 
     def claim(self) -> tuple[Trial, dict[str, Any]] | str:
         """The next trial and its values; "done" when the search has all its trials and none is running;
@@ -183,8 +185,6 @@ class _Worker:
 
         t0 = time.perf_counter()
         try:
-            if self.data is None:
-                self.data = trial_data(cfg)
             history = run_experiment(cfg, self.folder / rel, data=self.data, overwrite=True, log=None,
                                      on_epoch=report)
         except StopRun as stop:
