@@ -10,7 +10,8 @@ pytest.importorskip("optuna", reason="the [sweep] extra is not installed")
 
 from cifarlab.study import load_spec  # noqa: E402
 from cifarlab.sweep import load_sweep_spec  # noqa: E402
-from cifarlab.sweep.run import best_trial, open_existing, run_sweep  # noqa: E402
+from cifarlab.sweep.results import best_trial, open_existing
+from cifarlab.sweep.run import run_sweep  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -22,9 +22,9 @@ from cifarlab.data import CLASSES
 optuna = pytest.importorskip("optuna", reason="the [sweep] extra is not installed")
 from optuna.trial import TrialState  # noqa: E402
 
-from cifarlab.errors import ConfigError  # noqa: E402
 from cifarlab.sweep import load_sweep_spec  # noqa: E402
-from cifarlab.sweep.run import open_existing, run_sweep  # noqa: E402
+from cifarlab.sweep.results import open_existing
+from cifarlab.sweep.run import run_sweep  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -9,17 +9,20 @@ Needs psycopg (`pip install 'cifarlab[sweep]'`).
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from urllib.parse import urlsplit, urlunsplit
 from contextlib import contextmanager
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any, Iterator
 
 from cifarlab.errors import ConfigError
 from cifarlab.metrics import FINAL
 from cifarlab.store import RunRecord, StoreError
 
+MARKER = "study.json"  # in a shared study's folder: its name and (masked) storage URL, for `cifarlab report`
 _COLUMNS = [f.name for f in fields(RunRecord)]
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS cifarlab_meta (
@@ -187,3 +190,14 @@ class PgStore:
             stop.set()
             thread.join()
             conn.close()
+
+
+def read_shared(folder: Path, url: str):
+    """(meta, runs, last recorded) of the shared study whose marker is in `folder`, for the report."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        raise ConfigError(f"'{folder}' holds no {MARKER}: run `cifarlab study SPEC --storage URL --out {folder}` "
+                          "there first (it names the study)")
+    with PgStore(url, json.loads(marker.read_text())["name"], create=False) as store:
+        last = store.last_finished()  # timezone-aware; the report shows local time like a store file's mtime
+        return store.meta(), store.runs(), last.astimezone().replace(tzinfo=None) if last else dt.datetime.now()

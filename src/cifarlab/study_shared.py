@@ -6,7 +6,6 @@ database, where `cifarlab report DIR --storage URL` reads it back like a local s
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import socket
@@ -16,7 +15,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from cifarlab.console import log_line, plural
-from cifarlab.store_pg import PgStore, display_url
+from cifarlab.store_pg import MARKER, PgStore, display_url
 from cifarlab.study import StudySpec, _pool_args, _run_one, _clear_stale, with_seed
 
 # A shared study's claims: a worker beats every CLAIM_HEARTBEAT seconds while it trains; a run whose
@@ -24,7 +23,6 @@ from cifarlab.study import StudySpec, _pool_args, _run_one, _clear_stale, with_s
 CLAIM_HEARTBEAT = 10
 CLAIM_GRACE = 60
 WAIT_POLL = 2  # seconds between looks at the claims while the last runs are trained elsewhere
-MARKER = "study.json"  # in a shared study's folder: its name and (masked) storage URL, for `cifarlab report`
 
 
 def run_shared(spec: StudySpec, folder: Path, url: str, store, n_seeds: int, jobs: int, log) -> Path:
@@ -67,14 +65,3 @@ def shared_worker(spec: StudySpec, folder: Path, url: str, threads: int = 0) -> 
             log_line(f"{name} seed {seed}: val {rec.val_acc if rec.val_acc is not None else float('nan'):.4f} "
                      f"test {rec.test_acc:.4f} ({rec.seconds:.1f}s)")
 
-
-def read_shared(folder: Path, url: str):
-    """(meta, runs, last recorded) of the shared study whose marker is in `folder`, for the report."""
-    from cifarlab.errors import ConfigError
-
-    marker = folder / MARKER
-    if not marker.is_file():
-        raise ConfigError(f"'{folder}' holds no {MARKER}: run `cifarlab study SPEC --storage URL --out {folder}` "
-                          "there first (it names the study)")
-    with PgStore(url, json.loads(marker.read_text())["name"], create=False) as store:
-        return store.meta(), store.runs(), (store.last_finished() or dt.datetime.now()).replace(tzinfo=None)

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     shared_study = (Path(args.folder) / "study.json").is_file()  # cifarlab study --storage (study_shared.MARKER)
     if is_sweep_folder(args.folder) or (args.storage and not shared_study):
-        from cifarlab.cli.sweep import require_optuna
+        from cifarlab.sweep import require_optuna
 
         require_optuna()
         from cifarlab.report.sweep import write_sweep_report

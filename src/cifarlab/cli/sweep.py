@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 
 from cifarlab.cli.common import positive_int
-from cifarlab.errors import CifarlabError
-
-INSTALL = "sweeps need Optuna: pip install 'cifarlab[sweep]'"
+from cifarlab.sweep import require_optuna
 
 
 def non_negative_int(text: str) -> int:
@@ -39,14 +37,6 @@ def add_parser(sub) -> None:
                         "its test accuracy (default: the spec's)")
     p.add_argument("--report", action="store_true", help="write the report when done")
     p.set_defaults(func=run)
-
-
-def require_optuna() -> None:
-    """One line and exit 2 when the optional extra is missing; the rest of cifarlab never imports Optuna."""
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        raise CifarlabError(INSTALL) from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -78,7 +78,7 @@ def load_study(folder: str | Path, url: str | None = None) -> Study:
         raise ReportError(f"'{folder}' is not a folder")
     notes: list[str] = []
     if url is not None:
-        from cifarlab.study_shared import read_shared
+        from cifarlab.store_pg import read_shared
 
         meta, runs, recorded = read_shared(folder, url)
     elif not path.is_file():

@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
@@ -23,7 +22,7 @@ from cifarlab.report.doc import Block, Document, Heading, Image, Para, Pre, Tabl
 from cifarlab.report.study import load_study
 from cifarlab.report.text import duration
 from cifarlab.store import STORE_NAME
-from cifarlab.sweep.run import FINAL_DIR, open_existing
+from cifarlab.sweep.results import FINAL_DIR, open_existing
 
 TOP = 10  # rows of the best-trials table
 # Sections of the final runs' study report left out here: with one experiment there is nothing to compare,

@@ -25,13 +25,12 @@ from optuna.trial import Trial, TrialState
 from cifarlab.config import RunConfig, SearchParam, to_dict
 from cifarlab.console import log_line, plural
 from cifarlab.errors import CifarlabError, ConfigError
-from cifarlab.sweep import INFO_NAME, JOURNAL_NAME
+from cifarlab.sweep import INFO_NAME
 from cifarlab.sweep.spec import SweepSpec
+from cifarlab.sweep.results import (DIGEST_ATTR, FINAL_DIR, best_trial, short, trial_dir,
+                                    winner_config)
 from cifarlab.sweep.storage import WORKER_ATTR, SweepStorage, counted, retry, worker_id
 
-TRIALS_DIR = "trials"
-FINAL_DIR = "final"  # the winner's final-seed runs: a study folder (store.sqlite) of its own
-DIGEST_ATTR = "spec_digest"
 FINAL_SEED_OFFSET = 1  # final seeds are train.seed + 1 ... train.seed + N: none is the seed trials used
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log line per trial says more
@@ -41,10 +40,6 @@ class SweepError(CifarlabError):
     """A worker process of the sweep failed."""
 
     exit_code = 1
-
-
-def trial_dir(number: int) -> str:
-    return f"{TRIALS_DIR}/trial-{number:04d}"
 
 
 def _sampler(spec: SweepSpec, number: int) -> optuna.samplers.BaseSampler:
@@ -96,11 +91,6 @@ def open_study(spec: SweepSpec, storage: SweepStorage) -> optuna.Study:
                               f"(digest {digest[:12]}, this spec {spec.digest[:12]}); run it with the same spec, "
                               "or use another --out / --storage")
     return study
-
-
-def _short(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
-                     for k, v in values.items())
 
 
 def trial_data(cfg: RunConfig):
@@ -166,7 +156,7 @@ class _Worker:
         n = trial.number
         retry_of = self.storage.optuna.get_trial(trial._trial_id).system_attrs.get("failed_trial")
         self.log(f"trial {n} started{f' (retry of trial {retry_of})' if retry_of is not None else ''}: "
-                 f"{_short(values)}")
+                 f"{short(values)}")
         try:
             cfg = self.spec.config(values)
         except CifarlabError as exc:
@@ -231,12 +221,6 @@ def _write_info(folder: Path, spec: SweepSpec, storage: SweepStorage) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def read_info(folder: Path) -> dict[str, Any] | None:
-    """The sweep folder's sweep.json, or None when `folder` is not a sweep folder."""
-    path = Path(folder) / INFO_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def run_sweep(spec: SweepSpec, out: str | Path | None = None, *, url: str | None = None, trials: int | None = None,
@@ -311,21 +295,8 @@ def summary(study: optuna.Study) -> str:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = max(complete, key=lambda t: t.value)
-        text += f"; best trial {best.number}: val {best.value:.4f} ({_short(best.params)})"
+        text += f"; best trial {best.number}: val {best.value:.4f} ({short(best.params)})"
     return text
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        raise ConfigError(f"sweep '{study.study_name}' has no completed trial yet")
-    return max(complete, key=lambda t: (t.value, -t.number))
-
-
-def winner_config(spec: SweepSpec, trial: optuna.trial.FrozenTrial) -> RunConfig:
-    """The best trial's config with the validation images put back (data.val = 0)."""
-    cfg = spec.config(trial.params)
-    return replace(cfg, data=replace(cfg.data, val=0))
 
 
 def final_seeds(cfg: RunConfig, n: int) -> list[int]:
@@ -353,7 +324,7 @@ def retrain_winner(spec: SweepSpec, folder: Path, study: optuna.Study, n: int,
         experiments = [e for e in meta.get("experiments", []) if e != name] + [name]
         descriptions = {**meta.get("descriptions", {}),
                         name: f"trial {best.number} of sweep '{spec.name}' (val {100 * best.value:.2f}%): "
-                              f"{_short(best.params)}; trained on all training images"}
+                              f"{short(best.params)}; trained on all training images"}
         store.set_meta(name=f"{spec.name}-final", description=f"the winner of sweep '{spec.name}', fresh seeds",
                        spec=spec.text, experiments=experiments, descriptions=descriptions, baseline=name,
                        budget=to_dict(spec.budget), val=0, winner=best.number)
@@ -368,36 +339,3 @@ def retrain_winner(spec: SweepSpec, folder: Path, study: optuna.Study, n: int,
             store.record(RunRecord.of_run(name, seed, rel, to_dict(run_cfg), history.rows, history.meta))
             log(f"final seed {seed}: test {history.final['test_acc']:.4f} ({history.meta['train_seconds']:.1f}s)")
     return out
-
-
-def stored_spec(study: optuna.Study) -> SweepSpec:
-    """The spec a search was started from, as stored with it (for readers without the spec file)."""
-    from cifarlab.sweep.spec import parse_sweep_spec
-
-    text = study.user_attrs.get("spec")
-    if text is None:
-        raise ConfigError(f"sweep '{study.study_name}' was not started by cifarlab sweep (no stored spec)")
-    return replace(parse_sweep_spec(text, Path(f"<spec of sweep {study.study_name}>")), name=study.study_name)
-
-
-def open_existing(folder: Path, url: str | None) -> optuna.Study:
-    """The search a sweep folder (or a URL) holds, for reading: the report, bench/tuned.py."""
-    from cifarlab.config import SweepOptions
-
-    info = read_info(folder) or {}
-    if url is None and info.get("storage"):
-        raise ConfigError(f"sweep '{info.get('name')}' is stored in {info['storage']}: pass --storage URL")
-    if url is None and not (folder / JOURNAL_NAME).is_file():
-        raise ConfigError(f"'{folder}' holds no sweep (no {JOURNAL_NAME}); run `cifarlab sweep` first")
-    storage = SweepStorage(folder, url, SweepOptions())
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage.optuna, include_best_trial=False)]
-    name = info.get("name")
-    if name is None:
-        if len(names) != 1:
-            raise ConfigError(f"{storage.where} holds {plural(len(names), 'sweep')} ({', '.join(names)}) and "
-                              f"'{folder}' has no sweep.json naming one")
-        name = names[0]
-    if name not in names:
-        raise ConfigError(f"{storage.where} holds no sweep named '{name}'")
-    return optuna.load_study(study_name=name, storage=storage.optuna)
-
