@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarlab.report import figures
 from cifarlab.report.build import build_report, write_document
-from cifarlab.report.doc import Block, Document, Heading, Image, Para, Pre, Table
+from cifarlab.report.doc import Block, Column, Document, Heading, Image, Para, Pre, Table
 from cifarlab.report.study import load_study
 from cifarlab.report.text import duration
 from cifarlab.store import STORE_NAME
@@ -49,8 +49,11 @@ def best_table(trials: list[FrozenTrial], names: list[str]) -> Table:
                     + [_value_text(t.params[n]) if n in t.params else "\u2013" for n in names]
                     + [str(epochs[0]) if epochs else "\u2013", f"{t.user_attrs.get('seconds', float('nan')):.1f}",
                        f"`{t.user_attrs.get('run_dir', '')}`"])
-    return Table(["#", "trial", "val acc %"] + names + ["epochs", "seconds", "run folder"], rows,
-                 align="rrr" + "r" * len(names) + "rrl",
+    columns = [Column("#"), Column("trial"), Column("val acc %")]
+    columns += [Column(n, "r" if all(isinstance(t.params.get(n), (int, float)) for t in complete) else "l")
+                for n in names]
+    columns += [Column("epochs"), Column("seconds"), Column("run folder", "l")]
+    return Table(columns, rows,
                  caption=f"The {min(TOP, len(complete))} best of {len(complete)} completed trials by final-epoch "
                          "validation accuracy (one seed each, so differences of a point or two may be noise). "
                          "Seconds: training wall-clock.")
@@ -60,8 +63,8 @@ def failed_table(trials: list[FrozenTrial]) -> Table | None:
     failed = [t for t in trials if t.state == TrialState.FAIL]
     if not failed:
         return None
-    return Table(["trial", "reason"], [[str(t.number), t.user_attrs.get("fail_reason", "(no reason recorded)")]
-                                       for t in failed], align="rw",
+    return Table([Column("trial"), Column("reason", "w")],
+                 [[str(t.number), t.user_attrs.get("fail_reason", "(no reason recorded)")] for t in failed],
                  caption="Failed trials: an invalid point of the space, or a worker that died (its parameters "
                          "were queued again as a new trial).")
 
@@ -254,7 +257,8 @@ def build_sweep_report(folder: Path, url: str | None = None, data_root: str | No
     values, why = importances(study)
     blocks.append(Heading(2, "Parameter importances", "importance"))
     if values:
-        blocks += [Table(["parameter", "importance"], [[f"`{k}`", f"{v:.3f}"] for k, v in values.items()],
+        blocks += [Table([Column("parameter", "l"), Column("importance")],
+                         [[f"`{k}`", f"{v:.3f}"] for k, v in values.items()],
                          caption="Optuna's PED-ANOVA importances over the completed trials: how far each "
                                  "parameter's values among the best 10% of trials differ from its values over all "
                                  "of them, normalised to sum to 1. With few trials they are rough."),

@@ -19,6 +19,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -63,12 +64,7 @@ class SweepStorage:
             raise ConfigError(f"--storage: '{display_url(url)}' is not a postgresql:// URL (leave --storage out "
                               "for the journal file in the sweep folder)")
         try:
-            # Workers starting together would each create Optuna's tables and collide: one at a time.
-            with _advisory_lock(url, "cifarlab-sweep-schema"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self.optuna = RDBStorage(url, heartbeat_interval=options.heartbeat, grace_period=options.grace,
-                                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(RETRIES),
-                                         engine_kwargs={"pool_pre_ping": True})
+            self.optuna = _rdb_storage(url, options)
         except ImportError:
             raise ConfigError("--storage postgresql:// needs a PostgreSQL driver: pip install 'cifarlab[sweep]'") from None
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: unreachable server, bad credentials
@@ -131,6 +127,27 @@ class SweepStorage:
             retry(study, self.optuna.get_trial(trial._trial_id))
             failed.append(trial.number)
         return failed
+
+
+def _rdb_storage(url: str, options: SweepOptions) -> RDBStorage:
+    """Optuna's RDBStorage with heartbeats; creating its tables is serialised between our workers."""
+    import sqlalchemy.exc
+
+    for attempt in range(3):
+        try:
+            # Workers starting together would each create Optuna's tables and collide: one at a time.
+            with _advisory_lock(url, "cifarlab-sweep-schema"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=options.heartbeat, grace_period=options.grace,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(RETRIES),
+                                  engine_kwargs={"pool_pre_ping": True})
+        except sqlalchemy.exc.IntegrityError:
+            # Another Optuna client outside that lock (optuna-dashboard, a script) created the same
+            # tables at the same moment; they exist now, so the next attempt finds them.
+            if attempt == 2:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
