@@ -307,8 +307,8 @@ def test_an_invalid_point_is_a_failed_trial_with_its_reason(tmp_path, data):
             assert t.state == TrialState.COMPLETE
 
 
-def test_the_report_shows_the_search_and_the_winner(clean_sweep, cli):
-    res = cli("report", clean_sweep)
+def test_the_report_shows_the_search_and_the_winner(clean_sweep, data, cli):
+    res = cli("report", clean_sweep, "--data", data)  # test images come only from the data the user names
     assert res.code == 0, res.err
     html = (clean_sweep / "report.html").read_text()
     md = (clean_sweep / "report.md").read_text()

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from cifarlab.report.sweep import write_sweep_report
 
-        for path in write_sweep_report(folder, url=args.storage):
+        # The final runs' error grids read the data this spec trained on: the user's own spec, just run.
+        for path in write_sweep_report(folder, url=args.storage, data_root=spec.config({}).data.root):
             print(f"report: {path}")
     return 0
