@@ -141,9 +141,10 @@ def _rdb_storage(url: str, options: SweepOptions) -> RDBStorage:
                 return RDBStorage(url, heartbeat_interval=options.heartbeat, grace_period=options.grace,
                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(RETRIES),
                                   engine_kwargs={"pool_pre_ping": True})
-        except sqlalchemy.exc.IntegrityError:
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             # Another Optuna client outside that lock (optuna-dashboard, a script) created the same
-            # tables at the same moment; they exist now, so the next attempt finds them.
+            # tables or enum types at the same moment ("duplicate key", "already exists"); they
+            # exist now, so the next attempt finds them. (The test suite's poller is such a client.)
             if attempt == 2:
                 raise
             time.sleep(1)
