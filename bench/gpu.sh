@@ -14,6 +14,8 @@
 #   budget         studies/budget.toml, 5 seeds, 5 processes (budget-net BN/GN/LN, each norm's recipe)
 #   normalization  studies/normalization.toml, 5 seeds
 #   keras          studies/keras-cifar10.toml, 3 seeds
+#   jobs           runs per minute of a study (budget-net BN, 8 runs of 20 epochs) at --jobs 1, 2, 4, 8:
+#                  what --jobs auto should mean on this GPU (cifarlab.study.CUDA_JOBS)
 #   tune-s8, tune-budget   recipe sweeps (cifarlab sweep, per norm) on a 5,000-image validation split
 #   bench          bench/bench.py gpu, 5 seeds: budget-net (tune-budget's winners when it ran in WORK,
 #                  else studies/budget.toml) and bench/s8.toml; resumes in WORK/bench
@@ -28,7 +30,7 @@ set -uo pipefail
 
 RESULTS=bench/out
 WORK=runs/gpu
-STEPS=(env fake speed cuda-paths profile s8-default budget normalization keras tune-s8 tune-budget bench)
+STEPS=(env fake speed cuda-paths profile s8-default budget normalization keras jobs tune-s8 tune-budget bench)
 usage() { echo "usage: bash bench/gpu.sh [--results DIR] [--work DIR] STEP... (steps: ${STEPS[*]})"; }
 die() { echo "bench/gpu.sh: $*" >&2; exit 2; }
 args=()
@@ -69,6 +71,9 @@ declare -A CMD=(
   [normalization]="study studies/normalization.toml --seeds 5"
   [keras-cifar10]="study studies/keras-cifar10.toml --seeds 3 --jobs 3"
 )
+for j in 1 2 4 8; do  # one 8-run study per process count; only the wall time differs
+  CMD[jobs-$j]="study bench/jobs.toml --jobs $j"
+done
 for n in bn gn ln; do  # the recipe sweeps, one per model and norm
   CMD[tune-s8-$n]="sweep studies/tune/s8-$n.toml --jobs 4"
   CMD[tune-budget-$n]="sweep studies/tune/budget-$n.toml --jobs 4"
@@ -166,6 +171,13 @@ print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA de
     budget) study budget ;;
     normalization) study normalization ;;
     keras) study keras-cifar10 ;;
+    jobs) for j in 1 2 4 8; do
+            start=$(date +%s.%N)
+            cl ${CMD[jobs-$j]} --out "$WORK/jobs-$j" > "$RESULTS/jobs-$j.log" 2>&1
+            "$PY" -c "import sys; s = float(sys.argv[2]) - float(sys.argv[1]); \
+print(f'--jobs {sys.argv[3]}: 8 runs in {s:.1f} s = {8 * 60 / s:.1f} runs/min')" "$start" "$(date +%s.%N)" "$j" \
+              | tee -a "$RESULTS/jobs.txt"
+          done ;;
     tune-s8) for n in bn gn ln; do sweep "tune-s8-$n"; done ;;
     tune-budget) for n in bn gn ln; do sweep "tune-budget-$n"; done ;;
     bench)

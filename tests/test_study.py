@@ -294,3 +294,23 @@ def test_pool_workers_keep_one_gpu_each_and_leave_explicit_devices_alone(monkeyp
     assert resolve_device("auto") == torch.device("meta")  # every task of that worker
     assert resolve_device("auto") == torch.device("meta")
     assert resolve_device("cpu") == torch.device("cpu")  # an explicit device is left alone
+
+
+def test_jobs_auto_is_one_process_on_a_cpu_and_cuda_jobs_per_gpu(monkeypatch):
+    from cifarlab import study
+
+    monkeypatch.setattr(study, "_gpu_count", lambda: 0)
+    assert study.auto_jobs(15) == 1
+    monkeypatch.setattr(study, "_gpu_count", lambda: 2)
+    assert study.auto_jobs(15) == 2 * study.CUDA_JOBS and study.auto_jobs(3) == 3
+    spec = load_spec(REPO / "bench" / "jobs.toml")  # what `bench/gpu.sh jobs` runs to measure CUDA_JOBS
+    assert spec.seeds == 8 and spec.experiments[0].config.model.name == "budget-net"
+
+
+def test_jobs_flag_takes_auto_or_a_positive_number(capsys):
+    for bad in ("0", "many"):
+        with pytest.raises(SystemExit) as info:
+            main(["study", "nope.toml", "--jobs", bad])
+        assert info.value.code == 2 and "argument --jobs" in capsys.readouterr().err
+    assert main(["study", "nope.toml", "--jobs", "auto"]) == 2  # parsed; the missing spec is the error
+    assert "nope.toml' does not exist" in capsys.readouterr().err

@@ -171,7 +171,19 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None = None, jobs: int = 1,
+# --jobs auto with CUDA: processes per GPU. Several processes hide each other's host time (Python,
+# launches) on one GPU: the 2026-11-27 H100 session ran 8 at once at 100% utilisation. Not yet
+# measured against 1, 2 and 8: `bash bench/gpu.sh jobs` gives runs per minute at each; until then 4.
+CUDA_JOBS = 4
+
+
+def auto_jobs(runs: int) -> int:
+    """--jobs auto: one process on a CPU (its threads already use every core), CUDA_JOBS per GPU with CUDA."""
+    gpus = _gpu_count()
+    return max(1, min(runs, CUDA_JOBS * gpus)) if gpus else 1
+
+
+def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None = None, jobs: int | str = 1,
               log: Callable[[str], None] = log_line, storage: str | None = None) -> Path:
     """Run every (experiment, seed) not yet in the store; return the study folder.
 
@@ -179,11 +191,13 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
     the same spec and URL, on any machine: each takes the next unclaimed run (store_pg.PgStore.claim),
     so each run is done once; run folders stay on the machine that trained them.
     """
-    if jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     n_seeds = seeds if seeds is not None else spec.seeds
     if n_seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {n_seeds}")
+    if jobs == "auto":
+        jobs = auto_jobs(len(spec.experiments) * n_seeds)
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1 or auto, got {jobs}")
     from cifarlab.models.external import source_change
 
     params = check_models(spec)

@@ -6,13 +6,19 @@ import argparse
 from cifarlab.cli.common import positive_int
 
 
+def jobs_arg(text: str) -> int | str:
+    """'auto' or a positive number of processes."""
+    return text if text == "auto" else positive_int(text)
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("study", help="run a study spec (experiments x seeds); rerun to resume",
                        description="Run every experiment of a TOML study spec for each seed. Finished runs "
                                    "are recorded in DIR/store.sqlite and skipped when run again.")
     p.add_argument("spec", help="study spec, e.g. studies/normalization.toml")
     p.add_argument("--seeds", type=positive_int, help="number of seeds (default: the spec's `seeds`)")
-    p.add_argument("--jobs", type=positive_int, default=1, help="runs at once (processes; default 1)")
+    p.add_argument("--jobs", type=jobs_arg, default="auto", metavar="N|auto",
+                   help="runs at once, as processes (default: auto = 1 on a CPU, study.CUDA_JOBS per GPU with CUDA)")
     p.add_argument("--out", metavar="DIR", help="study folder (default runs/<study name>)")
     p.add_argument("--storage", metavar="URL", help="postgresql://... shared by workers on any machines started with "
                                                     "the same spec and URL: each run is done once, by one of them")
