@@ -81,7 +81,8 @@ def experiment_curves(exp: Experiment, show_val: bool) -> bytes:
         ax_acc.set_title("accuracy (%)")
         for ax in (ax_loss, ax_acc):
             _epoch_axis(ax)
-            ax.legend(frameon=False, loc="best")
+            if ax.get_legend_handles_labels()[0]:  # nothing finite to plot (a run that diverged at once)
+                ax.legend(frameon=False, loc="best")
         n = len(exp.runs)
         fig.suptitle(f"{exp.name}: mean over {n} seed{'s' if n != 1 else ''}"
                      + (", band = min..max" if n > 1 else ""), fontsize=10.5, x=0.01, ha="left")
