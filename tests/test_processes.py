@@ -7,6 +7,7 @@ generous deadline, so a slow, shared machine only makes the tests slower.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -286,3 +287,137 @@ def test_sigterm_stops_a_study_like_ctrl_c(data, tmp_path, jobs):
     assert epochs_in(folder / "slow" / "seed-0.incomplete") >= 1  # the finished epochs are kept
     assert not (folder / "slow" / "seed-0").exists() and store_runs(folder) == [("quick", 0)]
     assert not list(folder.glob("*/.seed-*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming: a run killed (SIGKILL) or stopped (SIGTERM) after epoch 2 goes on from its checkpoint and
+# ends exactly like an uninterrupted run; so does each run of a killed study
+
+RESUME_EPOCHS = 20  # so that the process is surely still training when it is frozen after epoch 2
+RESUME_RUN = ("--epochs", RESUME_EPOCHS, "--seed", "3", "--augment", "crop", "-O", "dropout=0.1", "--ema", "0.9",
+              "--device", "cpu", "--compile", "off", "--batch-size", "32", "-O", "width=8")
+TIMING_COLUMNS = ("seconds", "train_seconds")
+
+
+def metric_rows(run: Path) -> list[dict]:
+    """history.csv of a run folder, every column but the wall-clock ones."""
+    with (run / "history.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows, run
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
+
+
+def freeze_after_epoch_2(proc: subprocess.Popen, stage_of) -> dict[Path, int]:
+    """Once every stage `stage_of()` lists has 2 finished epochs, SIGSTOP the process and its children (so
+    no timing decides where the kill lands); return each stage's finished epochs, all short of the last."""
+    stages_now = wait_for(lambda: (s := stage_of()) and all(epochs_in(p) >= 2 for p in s) and s,
+                          "epoch 2 of every run in flight", proc)
+    pids = [proc.pid, *children(proc.pid)]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    done = {s: epochs_in(s) for s in stages_now}
+    assert all(2 <= n < RESUME_EPOCHS for n in done.values()), done
+    return done
+
+
+def kill_frozen(proc: subprocess.Popen, sig: signal.Signals) -> tuple[int, str, str]:
+    """Send `sig` to a frozen process, let it and its children run again, and wait for it to end."""
+    os.kill(proc.pid, sig)
+    for pid in [proc.pid, *children(proc.pid)]:
+        os.kill(pid, signal.SIGCONT)
+    return finish(proc)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(data, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("whole")
+    rc, out, err = finish(start("train", "--data", data, "--out", folder / "run", *RESUME_RUN, cwd=folder))
+    assert rc == 0, err
+    return folder / "run"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_killed_run_resumed_ends_exactly_like_an_uninterrupted_one(data, tmp_path, uninterrupted_run, sig):
+    out = tmp_path / "run"
+    argv = ("train", "--data", data, "--out", out, *RESUME_RUN)
+    proc = start(*argv, cwd=tmp_path)
+    [(stage, done)] = freeze_after_epoch_2(proc, lambda: stages(tmp_path, "run")).items()
+    rc, stdout, stderr = kill_frozen(proc, sig)
+    assert rc == (-9 if sig == signal.SIGKILL else 143)
+    kept = stage if sig == signal.SIGKILL else tmp_path / "run.incomplete"
+    assert (kept / "checkpoint.pt").is_file()
+
+    # The same command again is refused rather than starting over beside the kept epochs...
+    rc, stdout, stderr = finish(start(*argv, cwd=tmp_path))
+    assert rc == 2 and "add --resume to continue it, or pass --overwrite to start again" in one_line(stderr)
+    # ...and so is a resume with another setting, which names it; neither touches the kept epochs.
+    rc, stdout, stderr = finish(start(*argv, "--resume", "--lr", "0.2", cwd=tmp_path))
+    assert rc == 2 and "(train.optim.lr: 0.4 -> 0.2)" in one_line(stderr)
+    assert (kept / "checkpoint.pt").is_file() and not out.exists()
+
+    rc, stdout, stderr = finish(start(*argv, "--resume", cwd=tmp_path))
+    assert rc == 0, stderr
+    resumed_after = int(re.search(rf"^resuming after epoch (\d+) of {RESUME_EPOCHS} from '{re.escape(str(kept))}'$",
+                                  stdout, re.M)[1])
+    assert resumed_after >= done  # nothing finished was lost (the checkpoint is written before history.json)
+    assert not re.search(rf"^Epoch [1-{resumed_after}]/", stdout, re.M)  # nor trained twice
+    assert metric_rows(out) == metric_rows(uninterrupted_run)
+    assert not kept.exists() and stages(tmp_path, "run") == [] and not (out / "checkpoint.pt").exists()
+
+
+def resume_spec(path: Path, data: Path) -> Path:
+    """Two runs of the same settings as RESUME_RUN (experiments a and b), so both can be in flight at once."""
+    path.write_text(f"""name = "r"
+[data]
+root = "{data}"
+[model]
+options = {{ width = 8, dropout = 0.1 }}
+[train]
+epochs = {RESUME_EPOCHS}
+batch_size = 32
+augment = "crop"
+ema = 0.9
+device = "cpu"
+compile = "off"
+[[experiments]]
+name = "a"
+[[experiments]]
+name = "b"
+train = {{ optim = {{ lr = 0.2 }} }}
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_study(data, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("whole-study")
+    spec = resume_spec(folder / "r.toml", data)
+    rc, out, err = finish(start("study", spec, "--out", folder / "study", "--jobs", "1", cwd=folder))
+    assert rc == 0, err
+    return folder / "study"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_killed_study_resumed_loses_only_the_epochs_in_flight(data, tmp_path, uninterrupted_study, sig, jobs):
+    spec = resume_spec(tmp_path / "r.toml", data)
+    folder = tmp_path / "study"
+    proc = start("study", spec, "--out", folder, "--jobs", jobs, cwd=tmp_path)
+    in_flight = ["a", "b"][:jobs]  # one job trains a first; two train both at once
+    done = freeze_after_epoch_2(proc, lambda: [s for e in in_flight for s in stages(folder / e, "seed-0")][:jobs]
+                                if all(stages(folder / e, "seed-0") for e in in_flight) else [])
+    workers = children(proc.pid)
+    rc, stdout, stderr = kill_frozen(proc, sig)
+    assert rc == (-9 if sig == signal.SIGKILL else 143)
+    wait_for(lambda: not any(pid_alive(p) for p in workers), "every worker to end")
+    assert store_runs(folder) == []
+
+    rc, stdout, stderr = finish(start("study", spec, "--out", folder, "--jobs", jobs, cwd=tmp_path))
+    assert rc == 0, stderr
+    assert store_runs(folder) == [("a", 0), ("b", 0)]
+    for stage, epochs in done.items():
+        run = folder / stage.parent.name / "seed-0"
+        assert json.loads((run / "history.json").read_text())["meta"]["resumed_after_epoch"] >= epochs
+    for e in ("a", "b"):
+        assert metric_rows(folder / e / "seed-0") == metric_rows(uninterrupted_study / e / "seed-0")
+    assert not list(folder.glob("*/.seed-*")) and not list(folder.glob("*/*.incomplete"))

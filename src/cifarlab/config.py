@@ -8,6 +8,7 @@ plus the code that uses it. A run is fully described by `RunConfig`, which round
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import types
@@ -205,6 +206,32 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     for key, value in override.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A recorded run config as it must match today's to count as the same run: read through the config
+    classes (a setting added since takes its default, which reproduces the old behaviour), without the
+    device it ran on or where its model file lay (the file's sha256 is compared)."""
+    try:
+        cfg = to_dict(from_dict(RunConfig, {k: v for k, v in cfg.items() if k != "version"}))
+    except ConfigError:  # a setting this version no longer knows: compare as recorded
+        cfg = {k: v for k, v in cfg.items() if k != "version"}
+    source = {k: None for k in ("path", "root")} if cfg.get("model", {}).get("source") else {}
+    return merge(cfg, {"train": {"device": None}, "model": {"source": source}})
+
+
+def setting_changes(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """'train.optim.lr: 0.4 -> 0.2' for each setting whose value differs between two config dicts."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in [*before, *(k for k in after if k not in before)]:
+            out += setting_changes(before.get(key, "(unset)"), after.get(key, "(unset)"),
+                                   f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if before == after and type(before) is type(after):
+        return []
+    show = lambda v: v if isinstance(v, str) and v == "(unset)" else json.dumps(v)  # noqa: E731
+    return [f"{prefix}: {show(before)} -> {show(after)}"]
 
 
 def leaves(cls: type, prefix: tuple[str, ...] = ()) -> typing.Iterator[tuple[tuple[str, ...], dataclasses.Field, Any]]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -14,11 +14,13 @@ from cifarlab.console import log_line
 from cifarlab.data import CLASSES, DataSplits, load_cifar10, make_splits
 from cifarlab.models import check_budget, check_output, count_params, model_from_config, resolve
 from cifarlab.models.external import source_code
+from cifarlab.resume import CHECKPOINT, choose as resume_from, save as save_state
 from cifarlab.rundir import RunDir, check_free, code_version, save_checkpoint, write_history, write_json
 from cifarlab.train import History, resolve_device, seed_everything, train
 
 SOURCE_COPY = "model_source.py"  # a run's copy of the file its model came from
 LAYERS = "layers.json"  # the model's layer table as data: reports read it instead of rebuilding the model
+Resume = Literal["no", "yes", "auto"]  # run_experiment(resume=...)
 
 
 def layers_json(model: nn.Module) -> str | None:
@@ -78,7 +80,7 @@ class StopRun(Exception):
 
 def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None = None, overwrite: bool = False,
                    log: Callable[[str], None] | None = log_line, model: nn.Module | None = None,
-                   on_epoch: Callable[[dict], None] | None = None) -> History:
+                   on_epoch: Callable[[dict], None] | None = None, resume: Resume = "no") -> History:
     """Train one run and write `out/{config.json, history.csv, history.json, model.pt, predictions.npz,
     layers.json}`, and `model_source.py` when the model came from a file or module.
 
@@ -86,9 +88,15 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     checked itself when it was made. `model`: train this object (already initialised) instead of building
     the one `cfg.model` names. `on_epoch(row)` sees each epoch's metrics once they are saved and may
     raise StopRun. Without a test split (`data.test` None) there is no predictions.npz.
+
+    While it trains the staging folder holds a checkpoint of the last finished epoch (resume.py).
+    `resume` "yes" (`cifarlab train --resume`): continue from `out.incomplete` or a killed run's staging
+    folder when one holds a checkpoint of this config, refusing what cannot be continued; "auto" (a
+    study): the same, but what cannot be continued is started afresh, except an `.incomplete` of other
+    settings; "no": start afresh (resume.choose says what that refuses). `overwrite` alone starts afresh.
     """
     cfg = replace(cfg, model=resolve(cfg.model))  # a file model's path and sha256 go into config.json
-    resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     if model is None:
         model = build_model(cfg)
     else:
@@ -96,10 +104,13 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     code = source_code(cfg.model.source)  # read before the folder exists: a file that changed fails cleanly
     layers = layers_json(model)
     check_free(out, overwrite)  # before the data load, which can take a while on a first start
+    config = {**to_dict(cfg), "version": code_version()}
+    found = resume_from(out, config, device.type, resume=resume != "no", overwrite=overwrite, insist=resume == "yes")
     if data is None:
         data = load_data(cfg)
-    rundir = RunDir(out, overwrite=overwrite)
-    config = {**to_dict(cfg), "version": code_version()}
+    rundir = RunDir(out, overwrite=overwrite, adopt=found.folder if found else None)
+    if found is not None and log is not None:
+        log(f"resuming after epoch {found.epoch} of {cfg.train.epochs} from '{found.folder}'")
     write_json(rundir.stage / "config.json", config)
     if code is not None:
         (rundir.stage / SOURCE_COPY).write_bytes(code)
@@ -115,18 +126,24 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
         if on_epoch is not None:
             on_epoch(row)
 
+    if found is not None:
+        rows += found.state["rows"]
+
     try:
-        history = train(model, data, cfg.train, log=log, on_epoch=saved)
+        history = train(model, data, cfg.train, log=log, on_epoch=saved, resume=found.state if found else None,
+                        checkpoint=lambda state: save_state(rundir.stage / CHECKPOINT, {**state, "config": config}))
     except StopRun as stop:
         write_history(rundir.stage, rows, {**meta, "stopped": str(stop)})
         save_checkpoint(rundir.stage / "model.pt", model, config,
                         {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)})
+        (rundir.stage / CHECKPOINT).unlink(missing_ok=True)
         rundir.commit()
         raise
     except BaseException:
         kept = rundir.abandon()
         if kept is not None and log is not None:
-            log(f"interrupted: the {len(rows)} finished epoch(s) are kept in {kept}")
+            log(f"interrupted: the {len(rows)} finished epoch(s) are kept in {kept}; the same command with "
+                "--resume continues from there")
         raise
     history.meta = {**meta, **history.meta}
     write_history(rundir.stage, history.rows, history.meta)
@@ -134,5 +151,8 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
                     {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)})
     if data.test is not None:
         save_predictions(rundir.stage / "predictions.npz", history.test_logits, data.test.y)
+    (rundir.stage / CHECKPOINT).unlink(missing_ok=True)  # a finished run has model.pt; nothing to continue
     rundir.commit()
+    if overwrite and found is None:  # started afresh: an interrupted run into `out` is replaced too
+        rundir.drop_incomplete()
     return history

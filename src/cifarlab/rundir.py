@@ -73,12 +73,20 @@ def check_free(out: str | os.PathLike, overwrite: bool = False) -> None:
 class RunDir:
     """Builds a run folder in a hidden staging folder; `commit()` moves it into place."""
 
-    def __init__(self, out: str | os.PathLike, overwrite: bool = False) -> None:
+    def __init__(self, out: str | os.PathLike, overwrite: bool = False, adopt: Path | None = None) -> None:
+        """`adopt`: go on in that folder (`out.incomplete`, or a killed run's stage), taken over by a rename."""
         self.out = Path(out)
         check_free(self.out, overwrite)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        clear_stale_stages(self.out.parent, self.out.name)  # left by a killed run into the same folder
         self.stage = new_stage(self.out)
+        if adopt is not None:
+            try:  # onto the empty stage just made: one atomic rename, named for this process from now on
+                os.rename(adopt, self.stage)
+            except OSError as exc:
+                shutil.rmtree(self.stage, ignore_errors=True)
+                raise ConfigError(f"could not take over '{adopt}' ({exc.strerror}): another process may have "
+                                  "resumed it") from None
+        clear_stale_stages(self.out.parent, self.out.name)  # left by a killed run into the same folder
         self.overwrite = overwrite
 
     def commit(self) -> Path:
@@ -91,6 +99,12 @@ class RunDir:
                                   f"the new run is in '{kept}'")
         swap_into_place(self.stage, self.out)
         return self.out
+
+    def drop_incomplete(self) -> None:
+        """Delete `out.incomplete` when it is a cifarlab run (after a fresh run replaced it with --overwrite)."""
+        incomplete = self.out.with_name(self.out.name + ".incomplete")
+        if incomplete.is_dir() and not incomplete.is_symlink() and is_run_folder(incomplete):
+            shutil.rmtree(incomplete)
 
     def abandon(self) -> Path | None:
         """Keep what an interrupted run finished as `<out>.incomplete`; drop an empty stage."""

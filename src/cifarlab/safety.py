@@ -4,7 +4,9 @@ cifarlab deletes only what it made:
 - with --overwrite, a cifarlab run folder (config.json recording cifarlab's version, and
   history.json; finished or `.incomplete`) or a study folder (a valid store.sqlite), and only
   once the new run is complete and in place;
-- its own hidden staging folders, `.<name>.cifarlab-<pid>-<random>`, once process <pid> is gone.
+- its own hidden staging folders, `.<name>.cifarlab-<pid>-<random>`, once process <pid> is gone,
+  unless they hold the checkpoint of a run that is being continued (`cifarlab train --resume`, a
+  resumed study), which adopts the folder instead.
 An output folder may not be, or contain, the working directory, the home folder, a filesystem
 root or the folder its staging folder goes into.
 """
@@ -18,6 +20,7 @@ import secrets
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 from cifarlab.errors import ConfigError
 from cifarlab.locks import holder
@@ -140,10 +143,21 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def clear_stale_stages(folder: Path, name: str | None = None) -> list[Path]:
+def stale_stages(folder: Path, name: str) -> list[Path]:
+    """The staging folders of output `name` in `folder` whose process is gone (not the `-old` ones)."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [e for e in entries if (m := _STAGE.match(e.name)) and m["name"] == name and m["kind"] != "old"
+            and not e.is_symlink() and e.is_dir() and not pid_alive(int(m["pid"]))]
+
+
+def clear_stale_stages(folder: Path, name: str | None = None, keep: Callable[[Path], bool] | None = None) -> list[Path]:
     """Delete staging folders in `folder` (of output `name`, or any) whose process is gone; return them.
 
     A run set aside while being replaced (`-old`) whose replacement never arrived is put back instead.
+    `keep(stage)`: leave that stage (a killed run's checkpoint that its run will continue from).
     """
     try:
         entries = sorted(folder.iterdir())
@@ -159,6 +173,8 @@ def clear_stale_stages(folder: Path, name: str | None = None) -> list[Path]:
         target = folder / m["name"]
         if m["kind"] == "old" and not os.path.lexists(target):
             os.rename(entry, target)
+            continue
+        if keep is not None and m["kind"] != "old" and keep(entry):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)

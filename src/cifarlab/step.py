@@ -77,6 +77,13 @@ class StepPlan:
             self._schedule.step_epoch(monitored_loss)
             self._waiting = False
 
+    def replay(self, monitored_losses: list[float]) -> None:
+        """Bring a new plan to where the run's stood after len(monitored_losses) epochs (a resumed run):
+        the schedule is stepped through those epochs again, plateau told each epoch's loss as it was."""
+        for epoch, loss in enumerate(monitored_losses, start=1):
+            self.rows(epoch)
+            self.end_epoch(loss)
+
 
 class TrainStep:
     """forward -> loss -> backward -> optimiser -> EMA -> metric sums, as one call on static tensors.

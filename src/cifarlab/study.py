@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 import tomllib
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from cifarlab import signals
-from cifarlab.config import (Budget, RunConfig, SettingError, SpecFile, folder_name_problem, from_dict, merge,
-                             to_dict)
+from cifarlab.config import (Budget, RunConfig, SettingError, SpecFile, comparable, folder_name_problem, from_dict,
+                             merge, to_dict)
 from cifarlab.console import log_line, plural
 from cifarlab.errors import CifarlabError, ConfigError
 from cifarlab.locks import FolderLock
@@ -114,19 +114,6 @@ def with_seed(cfg: RunConfig, seed: int) -> RunConfig:
     return replace(cfg, train=replace(cfg.train, seed=seed))
 
 
-def _comparable(cfg: dict) -> dict:
-    # A run recorded by an older cifarlab lacks the settings added since; read through the config
-    # classes, those take their defaults (which reproduce the old behaviour), so adding an option
-    # does not make every finished run look changed. Which GPU a run used does not matter either.
-    try:
-        cfg = to_dict(from_dict(RunConfig, cfg))
-    except ConfigError:  # a setting this version no longer knows: compare as recorded
-        pass
-    # Nor where a model file lies (a study folder and its spec may move together); its sha256 is compared.
-    source = {k: None for k in ("path", "root")} if cfg.get("model", {}).get("source") else {}
-    return merge(cfg, {"train": {"device": None}, "model": {"source": source}})
-
-
 def run_dir_name(experiment: str, seed: int) -> str:
     return f"{experiment}/seed-{seed}"
 
@@ -143,9 +130,10 @@ def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: 
     if threads:
         torch.set_num_threads(threads)
     rel = run_dir_name(experiment, seed)
-    # overwrite: a run folder the store does not list (its study was killed between the two) is redone.
+    # overwrite: a run folder the store does not list (its study was killed between the two) is redone;
+    # resume: a run the study was stopped in (.incomplete) or killed in (its stage) goes on from its checkpoint.
     with signals.interruptible() if _IN_WORKER else nullcontext():
-        history = run_experiment(cfg, folder / rel, overwrite=True, log=None)
+        history = run_experiment(cfg, folder / rel, overwrite=True, resume="auto", log=None)
     return RunRecord.of_run(experiment, seed, rel, to_dict(cfg), history.rows, history.meta)
 
 
@@ -221,7 +209,7 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
                 raise ConfigError(f"experiment '{name}' seed {seed} in '{folder}' was trained before {changed}; "
                                   "use another --out, or put the file back as it was (results there were left "
                                   "untouched)")
-            if exp is not None and _comparable(to_dict(with_seed(exp.config, seed))) != _comparable(rec.config):
+            if exp is not None and comparable(to_dict(with_seed(exp.config, seed))) != comparable(rec.config):
                 raise ConfigError(f"experiment '{name}' seed {seed} in '{folder}' was run with a different "
                                   f"configuration; use another --out (results there were left untouched)")
         store.set_meta(name=spec.name, description=spec.description, spec=spec.text, baseline=spec.baseline,
@@ -239,7 +227,8 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
         log(f"study '{spec.name}': {plural(total, 'run')} ({plural(len(spec.experiments), 'experiment')} x "
             f"{plural(n_seeds, 'seed')}), "
             f"{total - len(tasks)} already finished, {len(tasks)} to run -> {folder}")
-        _clear_stale(folder)
+        continued = _check_resumable(tasks)
+        _clear_stale(folder, keep=continued)
         started = time.perf_counter()
         for i, rec in enumerate(_execute(tasks, jobs), start=1):
             store.record(rec)
@@ -269,15 +258,37 @@ def open_store(folder: Path, storage: str | None, name: str, create: bool = True
     return PgStore(storage, name, create=create)
 
 
-def _clear_stale(folder: Path) -> None:
+def _check_resumable(tasks: list[tuple[str, int, RunConfig, Path]]) -> set[Path]:
+    """The stages of killed runs that the runs to do will continue from. A run stopped (`.incomplete`) with
+    other settings than the spec's now is refused before anything trains, naming what differs; a killed
+    run's stage of other settings is cleaned, as it always was."""
+    from cifarlab.resume import choose
+    from cifarlab.rundir import code_version
+    from cifarlab.train import resolve_device
+
+    continued = set()
+    for name, seed, cfg, folder in tasks:
+        try:
+            found = choose(folder / run_dir_name(name, seed), {**to_dict(cfg), "version": code_version()},
+                           resolve_device(cfg.train.device).type, resume=True, overwrite=True, insist=False,
+                           fresh="use another --out (results there were left untouched)")
+        except ConfigError as exc:
+            raise ConfigError(f"experiment '{name}' seed {seed}: {exc}") from None
+        if found is not None:
+            continued.add(found.folder)
+    return continued
+
+
+def _clear_stale(folder: Path, keep: set[Path] = frozenset()) -> None:
     """Remove the staging folders that runs of a killed study left in its experiment folders.
 
     Only cifarlab's own (`.seed-K.cifarlab-<pid>-...`) whose process is gone: the folder lock keeps
-    other studies out, and a live process's stage is never touched.
+    other studies out, and a live process's stage is never touched. Those in `keep` hold the
+    checkpoints that their runs continue from.
     """
     for sub in sorted(folder.iterdir()):
         if sub.is_dir() and not sub.is_symlink():
-            clear_stale_stages(sub)
+            clear_stale_stages(sub, keep=lambda stage: stage in keep)
 
 
 def _pool_args(ctx, jobs: int) -> dict:
@@ -301,9 +312,15 @@ def _execute(tasks: list[tuple[str, int, RunConfig, Path]], jobs: int):
     ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **_pool_args(ctx, jobs)) as pool:
         futures = [pool.submit(_run_one, *task, threads) for task in tasks]
+        pending = set(futures)
         try:
-            for future in as_completed(futures):
-                yield future.result()
+            while pending:
+                # Not an untimed wait: SIGTERM may be delivered to one of the pool's threads, and a main
+                # thread blocked without a timeout would run its handler only once a run ends (seen: a
+                # study SIGTERMed 5 s after SIGSTOP/SIGCONT let both workers train 15 more epochs).
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
         except BaseException:
             _stop(pool, futures)
             raise

@@ -191,10 +191,13 @@ def _progress(total: int, desc: str):
 
 def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
           log: Callable[[str], None] | None = log_line,
-          on_epoch: Callable[[dict], None] | None = None) -> History:
+          on_epoch: Callable[[dict], None] | None = None,
+          checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> History:
     """Train `model` on `data` as `cfg` says; return the per-epoch history.
 
-    `on_epoch(row)` is called after every epoch so a caller can persist progress as it goes.
+    `on_epoch(row)` is called after every epoch so a caller can persist progress as it goes;
+    `checkpoint(state)` before it, with everything needed to go on from there (resume.state_of).
+    `resume`: such a state; training continues after its epoch as if it had never stopped.
     The model is left trained in place (with EMA weights copied in when `cfg.ema` is set).
     """
     device = resolve_device(cfg.device)
@@ -251,9 +254,19 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     history = History(meta={"device": _device_name(device), "train_images": n, "batch_size": bs,
                             "steps_per_epoch": steps, "compiled": compiled, "cuda_graph": step.graph is not None,
                             "warmup_seconds": warmup_seconds})
+    done, before = 0, 0.0  # epochs and training seconds of the run before this process took it on
+    if resume is not None:
+        from cifarlab import resume as checkpoints
+
+        checkpoints.restore(resume, model, opt, ema, gen, plan, device)
+        history.rows, done, before = [dict(r) for r in resume["rows"]], resume["epoch"], resume["train_seconds"]
+        history.meta["resumed_after_epoch"] = done
+        if history.rows[-1].get("diverged"):
+            history.meta["diverged_at_epoch"] = done
+            done = cfg.epochs  # it stopped there, and stays stopped
     run_start = time.perf_counter()
     show_loss = not use_cuda  # reading the loss costs a host sync: only worth it on CPU
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(done + 1, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         rows = plan.rows(epoch)
@@ -288,22 +301,31 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         row["train_seconds"] = loop_seconds
         plan.end_epoch(row.get("val_loss", row["train_loss"]))  # plateau never watches the test set
         history.rows.append(row)
+        if checkpoint is not None:
+            from cifarlab.resume import state_of
+
+            checkpoint(state_of(epoch, history.rows, model, opt, ema, gen, device,
+                                before + time.perf_counter() - run_start))
         if on_epoch is not None:
             on_epoch(row)
         if log is not None:
             elapsed = time.perf_counter() - run_start
-            log(_epoch_line(row, cfg.epochs, elapsed / epoch * (cfg.epochs - epoch)))
+            log(_epoch_line(row, cfg.epochs, elapsed / (epoch - done) * (cfg.epochs - epoch)))
         if row.get("diverged"):
             # NaN/inf loss never recovers: stop instead of spending the remaining epochs.
             history.meta["diverged_at_epoch"] = epoch
             if log is not None:
                 log(f"stopping: the loss is not finite at epoch {epoch} (learning rate too high?)")
             break
+    if history.test_logits is None and data.test is not None and resume is not None:
+        # Resumed after its last epoch (killed before the folder was complete): its test logits again.
+        eval_model = ema.model if ema is not None else net
+        history.test_logits = _evaluate(eval_model, data.test, cfg, autocast, fmt, cfg.tta)[1]
     if ema is not None:
         model.load_state_dict(ema.model.state_dict())
     if history.test_logits is not None:
         history.test_logits = history.test_logits.cpu()
-    train_seconds = time.perf_counter() - run_start
+    train_seconds = before + time.perf_counter() - run_start
     loop_seconds = sum(r["train_seconds"] for r in history.rows)
     # images/s counts the training loop only (augmentation, forward, backward, step), not evaluation.
     history.meta.update(train_seconds=train_seconds,

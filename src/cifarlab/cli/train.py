@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from cifarlab.cli.common import HelpFormatter, add_config_args, run_config
-from cifarlab.errors import DivergedError
+from cifarlab.errors import ConfigError, DivergedError
 
 
 def add_parser(sub) -> None:
@@ -19,7 +19,12 @@ def add_parser(sub) -> None:
     out.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<date>-<time>; "
                      "net.py:Net -> runs/net-Net-...)")
     out.add_argument("--overwrite", action="store_true",
-                     help="replace an existing cifarlab run folder (never any other folder)")
+                     help="start afresh, replacing an existing cifarlab run folder (never any other folder) and "
+                          "its interrupted run")
+    out.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run into --out (OUT.incomplete, or the checkpoint of a killed "
+                          "run) after its last finished epoch; the settings must be the same. Starts afresh "
+                          "when there is nothing to continue")
     p.set_defaults(func=run)
 
 
@@ -28,8 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from cifarlab.models.external import run_name
 
     cfg = run_config(args)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite starts it afresh: choose one")
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out DIR: the run folder to continue")
     out = Path(args.out or f"runs/{run_name(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
-    history = run_experiment(cfg, out, overwrite=args.overwrite)
+    history = run_experiment(cfg, out, overwrite=args.overwrite, resume="yes" if args.resume else "no")
     final, meta = history.final, history.meta
     print(f"final test accuracy {final['test_acc']:.4f}"
           + (f" (flip TTA {final['test_acc_tta']:.4f}, 6-view TTA {final['test_acc_tta6']:.4f})"
