@@ -85,7 +85,7 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _record_problem(d: dict[str, Any]) -> str | None:
+def record_problem(d: dict[str, Any]) -> str | None:
     """What makes a stored row unusable (a wrong type, a history row without its metrics), or None."""
     types = {"experiment": str, "seed": int, "run_dir": str, "model": str, "params": int, "epochs": int,
              "seconds": float, "warmup_seconds": float, "device": str, "config": dict, "history": list}
@@ -222,7 +222,7 @@ class Store:
             except Exception as exc:  # noqa: BLE001 - not JSON, not text, nested too deep, ...
                 problem = f"not valid JSON ({exc.__class__.__name__})"
             else:
-                problem = _record_problem(d)
+                problem = record_problem(d)
             if problem:
                 self._damaged(f"run '{d['experiment']}' seed {d['seed']} in '{self.path}' is damaged: {problem}",
                               damaged)

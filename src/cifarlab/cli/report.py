@@ -6,11 +6,15 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="write report.html and report.md for a study or sweep folder",
-                       description="Summarise a study folder: comparison table over seeds, insights, training "
-                                   "curves, confusion matrices, misclassified images and layer tables. Writes "
+    p = sub.add_parser("report", help="write report.html and report.md for a study, sweep or run folder",
+                       description="Summarise a study folder (comparison table over seeds, insights, training "
+                                   "curves, confusion matrices, misclassified images, layer tables), a sweep "
+                                   "folder, or one run folder (its curves, 10 most confident mistakes, confusion "
+                                   "matrix, per-class accuracy, layer table, config and model source). Writes "
                                    "DIR/report.html (self-contained) and DIR/report.md (+ DIR/report-files/).")
-    p.add_argument("folder", metavar="DIR", help="study folder (holds store.sqlite) or sweep folder (sweep.json)")
+    p.add_argument("folder", metavar="DIR", help="study folder (holds store.sqlite), sweep folder (sweep.json) or "
+                                                 "run folder (config.json and history.json, as `cifarlab train` "
+                                                 "writes it)")
     p.add_argument("--storage", metavar="URL", help="the PostgreSQL URL a sweep or a shared study (study --storage) "
                                                     "is stored in; DIR is a folder that took part in it")
     p.add_argument("--data", metavar="DIR",

@@ -16,8 +16,8 @@ from cifarlab.report.doc import (Block, Bullets, Column, Details, Document, Head
 from cifarlab.report.insights import insights, reference
 from cifarlab.report.layers import layer_table_blocks
 from cifarlab.report.stats import summarize
-from cifarlab.report.study import (Experiment, Predictions, ReportError, Study, confusion, load_predictions,
-                                   load_study)
+from cifarlab.report.study import (Experiment, Predictions, ReportError, Study, confusion, is_run_folder,
+                                   load_predictions, load_run, load_study)
 from cifarlab.report.text import (config_diff, config_summary, duration, int_range, interval, mean_std, pct,
                                   unique_slugs)
 from cifarlab.store import RunRecord
@@ -173,7 +173,9 @@ class _Images:
         return self.cache[root]
 
 
-def mistakes_block(exp: Experiment, tag: str, study: Study, images: _Images, classes: list[str]) -> list[Block]:
+def mistakes_block(exp: Experiment, tag: str, study: Study, images: _Images, classes: list[str],
+                   grid: tuple[int, int] = (MAX_MISTAKES, 8)) -> list[Block]:
+    """The most confident mistakes of the experiment's median seed; `grid`: (at most this many, per row)."""
     run = exp.median_run()
     which = "the median seed" if len(exp.runs) > 1 else "the only seed"
     pred = load_predictions(study, run)
@@ -192,9 +194,10 @@ def mistakes_block(exp: Experiment, tag: str, study: Study, images: _Images, cla
     if len(wrong) == 0:
         return [Para(f"Seed {run.seed} classifies every test image correctly.", "note")]
     conf = pred.probs[wrong, predicted[wrong]]
-    pick = wrong[np.argsort(-conf, kind="stable")[:MAX_MISTAKES]]
+    pick = wrong[np.argsort(-conf, kind="stable")[:grid[0]]]
     png = figures.mistakes_grid(test_x[pick], [classes[i] for i in pred.labels[pick]],
-                                [classes[i] for i in predicted[pick]], pred.probs[pick, predicted[pick]].tolist())
+                                [classes[i] for i in predicted[pick]], pred.probs[pick, predicted[pick]].tolist(),
+                                cols=grid[1])
     caption = (f"The {len(pick)} most confident mistakes (of {len(wrong):,}) of seed {run.seed}, {which} "
                f"(final test accuracy {pct(run.test_acc)}%). Above each image: true class, \u2192 predicted "
                "class and its softmax probability.")
@@ -202,7 +205,8 @@ def mistakes_block(exp: Experiment, tag: str, study: Study, images: _Images, cla
 
 
 def experiment_section(exp: Experiment, tag: str, study: Study, preds: list[Predictions], images: _Images,
-                       classes: list[str], layers: dict[str, list[Block]]) -> list[Block]:
+                       classes: list[str], layers: dict[str, list[Block]],
+                       grid: tuple[int, int] = (MAX_MISTAKES, 8)) -> list[Block]:
     """Description, config, per-seed table, curves, confusion matrix, mistakes and layer table of one experiment."""
     ref = reference(study)
     blocks: list[Block] = [Heading(3, exp.name + _baseline_mark(exp, study), f"exp-{tag}")]
@@ -227,7 +231,7 @@ def experiment_section(exp: Experiment, tag: str, study: Study, preds: list[Pred
                             "the row label gives that class's accuracy."))
     else:
         blocks.append(Para("Confusion matrix: unavailable (no readable predictions.npz).", "note"))
-    blocks += mistakes_block(exp, tag, study, images, classes)
+    blocks += mistakes_block(exp, tag, study, images, classes, grid)
     key = json.dumps(exp.runs[0].config.get("model", {}), sort_keys=True)
     if key not in layers:
         layers[key] = layer_table_blocks(study.folder / exp.runs[0].run_dir, exp.runs[0].config)
@@ -245,15 +249,7 @@ def build_report(study: Study, data_root: str | None = None) -> Document:
     images.get()
     classes = _class_names(preds, images)
 
-    blocks: list[Block] = [Heading(2, "Comparison", "comparison"), comparison_table(study)]
-    if study.missing:
-        blocks.append(Para(f"Not in the table (no finished run yet): {', '.join(study.missing)}.", "warn"))
-    if study.notes:
-        blocks.append(Para(f"Left out, damaged in the study folder: {'; '.join(study.notes)}.", "warn"))
-    diverged = sorted({f"{r.experiment} seed {r.seed}" for r in study.runs
-                       if any(row.get("diverged") for row in r.history)})
-    if diverged:
-        blocks.append(Para(f"Diverged (non-finite loss): {', '.join(diverged)}.", "warn"))
+    blocks: list[Block] = [Heading(2, "Comparison", "comparison"), comparison_table(study), *_warnings(study)]
     blocks += [Heading(2, "Insights", "insights"), Bullets(insights(study))]
     blocks += [Heading(2, "Training curves", "curves"),
                Image("overlay-curves", figures.overlay_curves(study.experiments), "training curves, all experiments",
@@ -271,6 +267,83 @@ def build_report(study: Study, data_root: str | None = None) -> Document:
     return Document(study.name, _facts(study), blocks)
 
 
+def _warnings(study: Study) -> list[Block]:
+    """Experiments without runs, damaged or interrupted runs, diverged runs: callouts under the first table."""
+    blocks = []
+    if study.missing:
+        blocks.append(Para(f"Not in the table (no finished run yet): {', '.join(study.missing)}.", "warn"))
+    if study.notes:
+        label = "Note" if study.single_run else "Left out, damaged in the study folder"
+        blocks.append(Para(f"{label}: {'; '.join(study.notes)}.", "warn"))
+    diverged = sorted({f"{r.experiment} seed {r.seed}" for r in study.runs
+                       if any(row.get("diverged") for row in r.history)})
+    if diverged:
+        blocks.append(Para(f"Diverged (non-finite loss): {', '.join(diverged)}.", "warn"))
+    return blocks
+
+
+# A single run's report shows its 10 most confident mistakes, 5 per row (the seed assignment's 5x2 grid).
+RUN_MISTAKES = (10, 5)
+MAX_SOURCE_BYTES = 200_000  # a model file longer than this is shown cut, with a note
+SOURCE_COPY = "model_source.py"  # experiment.SOURCE_COPY; not imported from there, which loads torch
+
+
+def build_run_report(study: Study, data_root: str | None = None) -> Document:
+    """A run folder's report (a study of one run, report.study.load_run): the study report's experiment
+    section (result, curves, confusion matrix, mistakes, layer table), per-class accuracy, the full
+    config and the model's source when it came from a file."""
+    exp = study.experiments[0]
+    run = exp.runs[0]
+    images = _Images(data_root)
+    preds = [p for p in (load_predictions(study, run),) if p is not None]
+    images.get()
+    classes = _class_names({exp.name: preds}, images)
+    blocks: list[Block] = [Heading(2, "Run", "run"), *_warnings(study),
+                           *experiment_section(exp, "run", study, preds, images, classes, {}, grid=RUN_MISTAKES)]
+    table = per_class_table(study, {exp.name: preds}, classes)
+    if table is not None:
+        blocks += [Heading(2, "Per-class accuracy", "per-class"), table]
+    blocks += [Heading(2, "Config", "config"),
+               Pre(json.dumps(run.config, indent=2), "config.json: every setting of the run, as `cifarlab train` "
+                                                     "resolved it")]
+    blocks += _source_blocks(study.folder, run.config)
+    return Document(study.name, _run_facts(study), blocks)
+
+
+def _source_blocks(folder: Path, config: dict[str, Any]) -> list[Block]:
+    """The model file the run trained (its copy, model_source.py), shown as text: never imported."""
+    path = folder / SOURCE_COPY
+    source = (config.get("model") or {}).get("source") or {}
+    if not path.exists():
+        return [Para("The model came from a file or module; its copy (model_source.py) is missing from the run "
+                     "folder.", "note")] if source else []
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return [Para(f"Model source: unavailable (model_source.py is unreadable: {exc.strerror}).", "note")]
+    cut = len(data) > MAX_SOURCE_BYTES
+    text = data[:MAX_SOURCE_BYTES].decode("utf-8", errors="replace")
+    where = f"`{source.get('path') or source.get('module') or '?'}`" + (f", object `{source['object']}`"
+                                                                       if source.get("object") else "")
+    sha = source.get("sha256")
+    caption = (f"model_source.py: the copy of {where} this run trained"
+               + (f" (sha256 {str(sha)[:12]}...)" if sha else "") + ", shown as text (a report never runs it)"
+               + (f"; the first {MAX_SOURCE_BYTES:,} of {len(data):,} bytes" if cut else "") + ".")
+    return [Heading(2, "Model source", "source"), Pre(text, caption)]
+
+
+def _run_facts(study: Study) -> list[tuple[str, str]]:
+    run = study.runs[0]
+    facts = [("run folder", f"`{study.folder}`"), ("model", f"`{run.model}`"), ("seed", str(run.seed)),
+             ("epochs", f"{len(run.history)} of {run.config.get('train', {}).get('epochs', '?')}"),
+             ("device", run.device), ("training wall-clock", duration(run.seconds + run.warmup_seconds)),
+             ("last epoch recorded", study.recorded.strftime("%Y-%m-%d %H:%M")),
+             ("report written", dt.datetime.now().strftime("%Y-%m-%d %H:%M"))]
+    if isinstance(run.config.get("max_params"), int):
+        facts.append(("budget", f"\u2264 {run.config['max_params']:,} params"))
+    return facts
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 
@@ -282,9 +355,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_report(folder: str | Path, data_root: str | None = None, url: str | None = None) -> tuple[Path, Path]:
-    """Write `folder/report.html` (self-contained) and `folder/report.md` (+ `report-files/*.png`);
-    `url`: the study's runs are in that database (cifarlab study --storage)."""
+    """Write `folder/report.html` (self-contained) and `folder/report.md` (+ `report-files/*.png`) for a
+    study folder, or for a run folder (config.json and history.json, no store); `url`: the study's runs
+    are in that database (cifarlab study --storage)."""
     folder = Path(folder)
+    if url is None and is_run_folder(folder):
+        return write_document(build_run_report(load_run(folder), data_root), folder)
     return write_document(build_report(load_study(folder, url), data_root), folder)
 
 

@@ -8,6 +8,7 @@ damage that leaves nothing to report on is an error. Nothing read here is unpick
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cifarlab.errors import CifarlabError
-from cifarlab.store import STORE_NAME, RunRecord, Store, StoreError
+from cifarlab.store import STORE_NAME, RunRecord, Store, StoreError, record_problem
 
 
 class ReportError(CifarlabError):
@@ -60,6 +61,7 @@ class Study:
     recorded: dt.datetime  # last change to the store file
     missing: list[str] = field(default_factory=list)  # experiments in the spec without a finished run
     notes: list[str] = field(default_factory=list)  # damaged runs or facts that were left out
+    single_run: bool = False  # a run folder read as a study of one experiment with one seed (load_run)
 
     @property
     def runs(self) -> list[RunRecord]:
@@ -82,7 +84,8 @@ def load_study(folder: str | Path, url: str | None = None) -> Study:
 
         meta, runs, recorded = read_shared(folder, url)
     elif not path.is_file():
-        raise ReportError(f"'{folder}' holds no study store ({STORE_NAME}); run `cifarlab study` first")
+        raise ReportError(f"'{folder}' holds no study store ({STORE_NAME}), nor a run (config.json and "
+                          "history.json), nor a sweep (sweep.json): nothing to report on")
     elif path.stat().st_size == 0:
         # Store() would initialise an empty file as a new store; a report must never write.
         raise StoreError(f"'{path}' is empty, not a cifarlab study store (left untouched)")
@@ -116,6 +119,59 @@ def load_study(folder: str | Path, url: str | None = None) -> Study:
         missing=[n for n in order if n not in by_name],
         notes=notes,
     )
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """Whether `folder` holds what every run folder holds (config.json, history.json) and no study store."""
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and (folder / "history.json").is_file() and \
+        not (folder / STORE_NAME).exists()
+
+
+def load_run(folder: str | Path) -> Study:
+    """Read a run folder (`cifarlab train`, or one run of a study) as a study of one experiment with one seed,
+    so the study report's sections show it; ReportError (one line) when config.json or history.json is
+    unreadable or not what a run writes. An interrupted run (`.incomplete`) is read as far as it got."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"'{folder}' is not a folder")
+    docs = {}
+    for name in ("config.json", "history.json"):
+        try:
+            docs[name] = json.loads((folder / name).read_text())
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ReportError(f"'{folder / name}' is unreadable ({exc.__class__.__name__}); nothing to report on") \
+                from None
+        if not isinstance(docs[name], dict):
+            raise ReportError(f"'{folder / name}' is not what a run writes (a JSON table)")
+    config, history = docs["config.json"], docs["history.json"]
+    meta = history.get("meta") if isinstance(history.get("meta"), dict) else {}
+    rows = history.get("epochs")
+    if not all(isinstance(config.get(k), dict) for k in ("data", "model", "train")):
+        raise ReportError(f"'{folder}' is not a run folder cifarlab can report on: its config is not a table of "
+                          "tables")
+    train, model = config["train"], config["model"]
+    rows_seconds = sum(r["train_seconds"] for r in rows if isinstance(r, dict) and isinstance(r.get("train_seconds"), float)) \
+        if isinstance(rows, list) else 0.0
+    record = {"experiment": folder.resolve().name, "seed": train.get("seed"), "run_dir": ".",
+              "model": model.get("name"), "params": meta.get("params"), "epochs": len(rows or []),
+              # An interrupted run has no run totals yet: its epochs' own figures stand in.
+              "seconds": meta.get("train_seconds", rows_seconds), "warmup_seconds": meta.get("warmup_seconds", 0.0),
+              "device": meta.get("device", "not recorded"), "config": config, "history": rows}
+    problem = record_problem(record)
+    if problem:
+        raise ReportError(f"'{folder}' is not a run folder cifarlab can report on: {problem}")
+    notes = []
+    if folder.name.endswith(".incomplete"):
+        notes.append(f"an interrupted run: {len(rows)} of {train.get('epochs', '?')} epochs finished, and "
+                     "there are no final weights or test predictions yet")
+    if meta.get("stopped"):
+        notes.append(f"the run was stopped early on purpose ({meta['stopped']})")
+    path = folder / "history.json"
+    return Study(folder=folder, name=record["experiment"], experiments=[Experiment(record["experiment"], "",
+                 [RunRecord(**record)])], baseline=None, spec="", budget={},
+                 val=val if isinstance(val := config["data"].get("val"), int) else 0,
+                 recorded=dt.datetime.fromtimestamp(path.stat().st_mtime), notes=notes, single_run=True)
 
 
 # What each study fact must be; a fact of another type is ignored with a note.
