@@ -142,8 +142,8 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     except BaseException:
         kept = rundir.abandon()
         if kept is not None and log is not None:
-            log(f"interrupted: the {len(rows)} finished epoch(s) are kept in {kept}; the same command with "
-                "--resume continues from there")
+            how = "running the study again" if resume == "auto" else "the same command with --resume"
+            log(f"interrupted: the {len(rows)} finished epoch(s) are kept in {kept}; {how} continues from there")
         raise
     history.meta = {**meta, **history.meta}
     write_history(rundir.stage, history.rows, history.meta)

@@ -121,8 +121,11 @@ def run_dir_name(experiment: str, seed: int) -> str:
 _IN_WORKER = False  # True in pool workers (_start_worker)
 
 
-def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: int = 0) -> RunRecord:
-    """Train one (experiment, seed) into its run folder; runs in a worker process when --jobs > 1."""
+def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: int = 0,
+             log: Callable[[str], None] | None = None) -> RunRecord:
+    """Train one (experiment, seed) into its run folder; runs in a worker process when --jobs > 1.
+
+    `log`: the run's epoch lines, prefixed `[experiment seed k]`."""
     import torch
 
     from cifarlab.experiment import run_experiment
@@ -130,10 +133,12 @@ def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: 
     if threads:
         torch.set_num_threads(threads)
     rel = run_dir_name(experiment, seed)
+    prefix = f"[{experiment} seed {seed}] "
     # overwrite: a run folder the store does not list (its study was killed between the two) is redone;
     # resume: a run the study was stopped in (.incomplete) or killed in (its stage) goes on from its checkpoint.
     with signals.interruptible() if _IN_WORKER else nullcontext():
-        history = run_experiment(cfg, folder / rel, overwrite=True, resume="auto", log=None)
+        history = run_experiment(cfg, folder / rel, overwrite=True, resume="auto",
+                                 log=None if log is None else lambda line: log(prefix + line))
     return RunRecord.of_run(experiment, seed, rel, to_dict(cfg), history.rows, history.meta)
 
 
@@ -174,6 +179,9 @@ def auto_jobs(runs: int) -> int:
 def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None = None, jobs: int | str = 1,
               log: Callable[[str], None] = log_line, storage: str | None = None) -> Path:
     """Run every (experiment, seed) not yet in the store; return the study folder.
+
+    With one job the epoch lines of the run in flight are logged, prefixed `[experiment seed k]`; with
+    several, one line per finished run.
 
     With `storage` (a postgresql:// URL) the store is that database, shared by every worker started with
     the same spec and URL, on any machine: each takes the next unclaimed run (store_pg.PgStore.claim),
@@ -230,7 +238,7 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
         continued = _check_resumable(tasks)
         _clear_stale(folder, keep=continued)
         started = time.perf_counter()
-        for i, rec in enumerate(_execute(tasks, jobs), start=1):
+        for i, rec in enumerate(_execute(tasks, jobs, log), start=1):
             store.record(rec)
             scores = " ".join(f"{part} {getattr(rec, f'{part}_acc'):.4f}" for part in ("val", "test", "train")
                               if getattr(rec, f"{part}_acc") is not None)
@@ -302,28 +310,33 @@ def _pool_args(ctx, jobs: int) -> dict:
     return {"initializer": _start_worker, "initargs": (os.getpid(), devices)}
 
 
-def _execute(tasks: list[tuple[str, int, RunConfig, Path]], jobs: int):
-    """Yield RunRecords as runs finish: in-process for one job, else a pool of spawned processes."""
+def _execute(tasks: list[tuple[str, int, RunConfig, Path]], jobs: int, log: Callable[[str], None] | None = None):
+    """Yield RunRecords as runs finish: in-process for one job (its epoch lines go to `log`), else a pool
+    of spawned processes (silent until each run ends)."""
     if jobs == 1 or len(tasks) <= 1:
         for task in tasks:
-            yield _run_one(*task)
+            yield _run_one(*task, log=log)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **_pool_args(ctx, jobs)) as pool:
         futures = [pool.submit(_run_one, *task, threads) for task in tasks]
-        pending = set(futures)
         try:
-            while pending:
-                # Not an untimed wait: SIGTERM may be delivered to one of the pool's threads, and a main
-                # thread blocked without a timeout would run its handler only once a run ends (seen: a
-                # study SIGTERMed 5 s after SIGSTOP/SIGCONT let both workers train 15 more epochs).
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
+            for future in as_finished(futures):
+                yield future.result()
         except BaseException:
             _stop(pool, futures)
             raise
+
+
+def as_finished(futures):
+    """concurrent.futures.as_completed without its untimed wait: SIGTERM may be delivered to one of the
+    pool's threads, and a main thread blocked without a timeout runs its handler only once a run ends
+    (seen: a study SIGTERMed right after SIGSTOP/SIGCONT let both workers train 15 more epochs)."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+        yield from done
 
 
 def _stop(pool: ProcessPoolExecutor, futures, grace_seconds: float = 30.0) -> None:

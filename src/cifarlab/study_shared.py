@@ -10,13 +10,13 @@ import json
 import os
 import socket
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 from cifarlab.console import log_line, plural
 from cifarlab.store_pg import MARKER, PgStore, display_url
-from cifarlab.study import StudySpec, _pool_args, _run_one, _clear_stale, with_seed
+from cifarlab.study import StudySpec, _clear_stale, _pool_args, _run_one, as_finished, with_seed
 
 # A shared study's claims: a worker beats every CLAIM_HEARTBEAT seconds while it trains; a run whose
 # worker has not beaten for CLAIM_GRACE seconds (killed, machine gone) is handed to another worker.
@@ -26,7 +26,8 @@ WAIT_POLL = 2  # seconds between looks at the claims while the last runs are tra
 
 
 def run_shared(spec: StudySpec, folder: Path, url: str, store, n_seeds: int, jobs: int, log) -> Path:
-    """This machine's workers take runs from the shared store until every run is recorded."""
+    """This machine's workers take runs from the shared store until every run is recorded (with one
+    worker, the epoch lines of its run in flight go to `log`)."""
     (folder / MARKER).write_text(json.dumps({"name": spec.name, "storage": display_url(url)}, indent=2) + "\n")
     store.add_tasks([(exp.name, seed, i) for i, exp in enumerate(spec.experiments) for seed in range(n_seeds)])
     total = len(spec.experiments) * n_seeds
@@ -35,18 +36,20 @@ def run_shared(spec: StudySpec, folder: Path, url: str, store, n_seeds: int, job
     _clear_stale(folder)
     args = (spec, folder, url)
     if jobs == 1:
-        shared_worker(*args)
+        shared_worker(*args, log=log)
     else:
         ctx = get_context("spawn")
+        threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **_pool_args(ctx, jobs)) as pool:
-            for future in as_completed([pool.submit(shared_worker, *args, max(1, (os.cpu_count() or 1) // jobs))
-                                        for _ in range(jobs)]):
+            for future in as_finished([pool.submit(shared_worker, *args, threads)
+                                       for _ in range(jobs)]):
                 future.result()
     return folder
 
 
-def shared_worker(spec: StudySpec, folder: Path, url: str, threads: int = 0) -> None:
-    """Claim, train and record runs of a shared study until none is left (one process)."""
+def shared_worker(spec: StudySpec, folder: Path, url: str, threads: int = 0, log=None) -> None:
+    """Claim, train and record runs of a shared study until none is left (one process); `log`: the
+    epoch lines of each run, prefixed as in run_study."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
     configs = {e.name: e.config for e in spec.experiments}
     with PgStore(url, spec.name) as store:
@@ -60,7 +63,7 @@ def shared_worker(spec: StudySpec, folder: Path, url: str, threads: int = 0) -> 
             name, seed = claimed
             log_line(f"{name} seed {seed}: started by {worker}")
             with store.holding(name, seed, worker, CLAIM_HEARTBEAT):
-                rec = _run_one(name, seed, with_seed(configs[name], seed), folder, threads)
+                rec = _run_one(name, seed, with_seed(configs[name], seed), folder, threads, log)
             store.record(rec, worker)
             log_line(f"{name} seed {seed}: val {rec.val_acc if rec.val_acc is not None else float('nan'):.4f} "
                      f"test {rec.test_acc:.4f} ({rec.seconds:.1f}s)")

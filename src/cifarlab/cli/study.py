@@ -14,7 +14,9 @@ def jobs_arg(text: str) -> int | str:
 def add_parser(sub) -> None:
     p = sub.add_parser("study", help="run a study spec (experiments x seeds); rerun to resume",
                        description="Run every experiment of a TOML study spec for each seed. Finished runs "
-                                   "are recorded in DIR/store.sqlite and skipped when run again.")
+                                   "are recorded in DIR/store.sqlite and skipped when run again; a run that was "
+                                   "stopped or killed goes on from its last finished epoch. With one job the epoch "
+                                   "lines of the run in flight are shown, prefixed [experiment seed k].")
     p.add_argument("spec", help="study spec, e.g. studies/normalization.toml")
     p.add_argument("--seeds", type=positive_int, help="number of seeds (default: the spec's `seeds`)")
     p.add_argument("--jobs", type=jobs_arg, default="auto", metavar="N|auto",

@@ -1,0 +1,104 @@
+"""Seeing a run work: the progress bar on a terminal, a one-job study's epoch lines."""
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+RUN = ("--device", "cpu", "--compile", "off", "--augment", "none", "--batch-size", "16", "-O", "width=8")
+
+
+def on_a_terminal(argv: list[str], cwd: Path, **env_extra: str) -> str:
+    """Run `python -m cifarlab ARGV` with its stdout and stderr on a pseudo-terminal; everything it wrote."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("CIFARLAB_NO_PROGRESS", None)  # set for every test by conftest
+    env.update(env_extra)
+    leader, follower = pty.openpty()
+    # A new pseudo-terminal is 0x0 characters, on which tqdm draws nothing: give it a real window's size.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "cifarlab", *argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the other end closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=300) == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
+
+
+BAR = re.compile(r"epoch 2/2: +\d+%\|.*\| \d+/3 \[")  # tqdm: "epoch 2/2:  67%|####  | 2/3 [00:00<...]"
+
+
+def test_on_a_terminal_each_epoch_shows_a_progress_bar(make_folder, tmp_path):
+    data = make_folder(n_train=5, n_test=1).root  # 50 images: 3 batches of 16
+    argv = ["train", "--data", str(data), "--epochs", "2", *RUN]
+    shown = on_a_terminal([*argv, "--out", str(tmp_path / "a")], tmp_path)
+    assert BAR.search(shown), shown
+    assert "Epoch 2/2 - " in shown
+    quiet = on_a_terminal([*argv, "--out", str(tmp_path / "b")], tmp_path, CIFARLAB_NO_PROGRESS="1")
+    assert not BAR.search(quiet) and "|" not in quiet and "Epoch 2/2 - " in quiet
+    piped = subprocess.run([sys.executable, "-m", "cifarlab", *argv, "--out", str(tmp_path / "c")], cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True,
+                           timeout=300)
+    assert piped.returncode == 0 and not BAR.search(piped.stderr + piped.stdout) and "|" not in piped.stderr
+
+
+def spec(path: Path, data: Path, epochs: int = 2) -> Path:
+    path.write_text(f"""name = "s"
+[data]
+root = "{data}"
+[model]
+options = {{ width = 8 }}
+[train]
+epochs = {epochs}
+batch_size = 16
+augment = "none"
+device = "cpu"
+compile = "off"
+[[experiments]]
+name = "bn"
+[[experiments]]
+name = "ln"
+model = {{ options = {{ norm = "ln" }} }}
+""")
+    return path
+
+
+def test_a_one_job_study_shows_the_epoch_lines_of_the_run_in_flight(cli, tiny_folder, tmp_path):
+    result = cli("study", spec(tmp_path / "s.toml", tiny_folder.root), "--out", tmp_path / "study", "--jobs", "1",
+                 "--seeds", "2")
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    epochs = [line for line in lines if re.match(r"\[\w+ seed \d\] Epoch", line)]
+    assert [line.split(" - ")[0] for line in epochs] == [f"[{e} seed {s}] Epoch {k}/2" for e in ("bn", "ln")
+                                                        for s in (0, 1) for k in (1, 2)]
+    assert all(re.search(r" - test_acc \d\.\d{4}", line) for line in epochs)
+    # Each run's one-line result still follows its epochs.
+    assert lines.index("[bn seed 1] " + epochs[3][len("[bn seed 1] "):]) < next(
+        i for i, line in enumerate(lines) if line.startswith("[2/4] bn seed 1: "))
+
+
+def test_a_study_with_several_jobs_keeps_one_line_per_finished_run(cli, tiny_folder, tmp_path):
+    result = cli("study", spec(tmp_path / "s.toml", tiny_folder.root), "--out", tmp_path / "study", "--jobs", "2")
+    assert result.code == 0, result.err
+    assert "Epoch" not in result.out
+    assert sorted(re.findall(r"^\[\d/2\] (\w+ seed \d): ", result.out, re.M)) == ["bn seed 0", "ln seed 0"]
