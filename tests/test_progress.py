@@ -1,4 +1,4 @@
-"""Seeing a run work: the progress bar on a terminal, a one-job study's epoch lines."""
+"""Seeing a run work: the progress bar on a terminal, a one-job study's epoch lines, TensorBoard scalars."""
 from __future__ import annotations
 
 import fcntl
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from cifarlab.errors import EXIT_BAD_INPUT
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -102,3 +103,71 @@ def test_a_study_with_several_jobs_keeps_one_line_per_finished_run(cli, tiny_fol
     assert result.code == 0, result.err
     assert "Epoch" not in result.out
     assert sorted(re.findall(r"^\[\d/2\] (\w+ seed \d): ", result.out, re.M)) == ["bn seed 0", "ln seed 0"]
+
+
+# ---------------------------------------------------------------------------------------------
+# --tensorboard
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in a TensorBoard run folder, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def expected(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    from cifarlab.tensorboard_log import TAGS
+
+    return {tag: [(r["epoch"], pytest.approx(r[key], rel=1e-6)) for r in history]
+            for key, tag in TAGS.items() if key in history[0]}
+
+
+def history_of(run: Path) -> list[dict]:
+    import json
+
+    return json.loads((run / "history.json").read_text())["epochs"]
+
+
+@pytest.fixture
+def tensorboard():
+    return pytest.importorskip("tensorboard", reason="the tensorboard package is not installed "
+                                                     "(pip install 'cifarlab[tensorboard]')")
+
+
+def test_train_writes_each_epochs_losses_accuracies_and_lr_as_scalars(cli, tiny_folder, tmp_path, tensorboard):
+    out = tmp_path / "runs" / "mine"
+    result = cli("train", "--data", tiny_folder.root, "--out", out, "--epochs", "3", "--val", "10", *RUN,
+                 "--tensorboard", tmp_path / "tb")
+    assert result.code == 0, result.err
+    assert [p.name for p in (tmp_path / "tb").iterdir()] == ["mine"]  # one run per folder, named as --out
+    got, want = scalars(tmp_path / "tb" / "mine"), expected(history_of(out))
+    assert set(want) == {"loss/train", "loss/val", "loss/test", "accuracy/train", "accuracy/val", "accuracy/test",
+                         "learning_rate"}
+    assert got == want
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_study_writes_each_run_into_its_own_folder(cli, tiny_folder, tmp_path, tensorboard, jobs):
+    folder = tmp_path / "study"
+    result = cli("study", spec(tmp_path / "s.toml", tiny_folder.root), "--out", folder, "--jobs", jobs,
+                 "--tensorboard", tmp_path / "tb")
+    assert result.code == 0, result.err
+    runs = sorted(str(p.relative_to(tmp_path / "tb")) for p in (tmp_path / "tb").glob("*/*"))
+    assert runs == ["bn/seed-0", "ln/seed-0"]
+    for run in runs:
+        assert scalars(tmp_path / "tb" / run) == expected(history_of(folder / run))
+
+
+def test_without_the_tensorboard_package_the_flag_is_one_line_with_the_install_hint(cli, tiny_folder, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` now raises ImportError
+    out = tmp_path / "run"
+    for argv in (("train", "--data", tiny_folder.root, "--out", out, *RUN),
+                 ("study", spec(tmp_path / "s.toml", tiny_folder.root), "--out", tmp_path / "study")):
+        result = cli(*argv, "--tensorboard", tmp_path / "tb")
+        assert result.code == EXIT_BAD_INPUT and len(result.err_lines) == 1, result.err
+        assert "pip install 'cifarlab[tensorboard]'" in result.err
+    assert not out.exists() and not (tmp_path / "tb").exists() and not (tmp_path / "study").exists()

@@ -122,10 +122,11 @@ _IN_WORKER = False  # True in pool workers (_start_worker)
 
 
 def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: int = 0,
-             log: Callable[[str], None] | None = None) -> RunRecord:
+             log: Callable[[str], None] | None = None, tensorboard: Path | None = None) -> RunRecord:
     """Train one (experiment, seed) into its run folder; runs in a worker process when --jobs > 1.
 
-    `log`: the run's epoch lines, prefixed `[experiment seed k]`."""
+    `log`: the run's epoch lines, prefixed `[experiment seed k]`; `tensorboard`: write its scalars
+    into tensorboard/<experiment>/seed-<k>."""
     import torch
 
     from cifarlab.experiment import run_experiment
@@ -133,12 +134,21 @@ def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: 
     if threads:
         torch.set_num_threads(threads)
     rel = run_dir_name(experiment, seed)
+    scalars = None
+    if tensorboard is not None:
+        from cifarlab.tensorboard_log import EpochScalars
+
+        scalars = EpochScalars(Path(tensorboard) / rel)
     prefix = f"[{experiment} seed {seed}] "
     # overwrite: a run folder the store does not list (its study was killed between the two) is redone;
     # resume: a run the study was stopped in (.incomplete) or killed in (its stage) goes on from its checkpoint.
-    with signals.interruptible() if _IN_WORKER else nullcontext():
-        history = run_experiment(cfg, folder / rel, overwrite=True, resume="auto",
-                                 log=None if log is None else lambda line: log(prefix + line))
+    try:
+        with signals.interruptible() if _IN_WORKER else nullcontext():
+            history = run_experiment(cfg, folder / rel, overwrite=True, resume="auto", on_epoch=scalars,
+                                     log=None if log is None else lambda line: log(prefix + line))
+    finally:
+        if scalars is not None:
+            scalars.close()
     return RunRecord.of_run(experiment, seed, rel, to_dict(cfg), history.rows, history.meta)
 
 
@@ -177,11 +187,12 @@ def auto_jobs(runs: int) -> int:
 
 
 def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None = None, jobs: int | str = 1,
-              log: Callable[[str], None] = log_line, storage: str | None = None) -> Path:
+              log: Callable[[str], None] = log_line, storage: str | None = None,
+              tensorboard: str | Path | None = None) -> Path:
     """Run every (experiment, seed) not yet in the store; return the study folder.
 
     With one job the epoch lines of the run in flight are logged, prefixed `[experiment seed k]`; with
-    several, one line per finished run.
+    several, one line per finished run. `tensorboard`: each run's scalars in <it>/<experiment>/seed-<k>.
 
     With `storage` (a postgresql:// URL) the store is that database, shared by every worker started with
     the same spec and URL, on any machine: each takes the next unclaimed run (store_pg.PgStore.claim),
@@ -196,6 +207,10 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
         raise ConfigError(f"--jobs must be >= 1 or auto, got {jobs}")
     from cifarlab.models.external import source_change
 
+    if tensorboard is not None:
+        from cifarlab.tensorboard_log import require_tensorboard
+
+        require_tensorboard()
     params = check_models(spec)
     folder = Path(out) if out is not None else Path("runs") / spec.name
     problem = out_problem(folder)
@@ -228,7 +243,8 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
         if storage is not None:
             from cifarlab.study_shared import run_shared
 
-            return run_shared(spec, folder, storage, store, n_seeds, jobs, log)
+            return run_shared(spec, folder, storage, store, n_seeds, jobs, log,
+                              Path(tensorboard) if tensorboard is not None else None)
         tasks = [(exp.name, seed, with_seed(exp.config, seed), folder)
                  for exp in spec.experiments for seed in range(n_seeds) if (exp.name, seed) not in finished]
         total = len(spec.experiments) * n_seeds
@@ -238,7 +254,8 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
         continued = _check_resumable(tasks)
         _clear_stale(folder, keep=continued)
         started = time.perf_counter()
-        for i, rec in enumerate(_execute(tasks, jobs, log), start=1):
+        tb = Path(tensorboard) if tensorboard is not None else None
+        for i, rec in enumerate(_execute(tasks, jobs, log, tb), start=1):
             store.record(rec)
             scores = " ".join(f"{part} {getattr(rec, f'{part}_acc'):.4f}" for part in ("val", "test", "train")
                               if getattr(rec, f"{part}_acc") is not None)
@@ -310,17 +327,18 @@ def _pool_args(ctx, jobs: int) -> dict:
     return {"initializer": _start_worker, "initargs": (os.getpid(), devices)}
 
 
-def _execute(tasks: list[tuple[str, int, RunConfig, Path]], jobs: int, log: Callable[[str], None] | None = None):
+def _execute(tasks: list[tuple[str, int, RunConfig, Path]], jobs: int, log: Callable[[str], None] | None = None,
+             tensorboard: Path | None = None):
     """Yield RunRecords as runs finish: in-process for one job (its epoch lines go to `log`), else a pool
     of spawned processes (silent until each run ends)."""
     if jobs == 1 or len(tasks) <= 1:
         for task in tasks:
-            yield _run_one(*task, log=log)
+            yield _run_one(*task, log=log, tensorboard=tensorboard)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **_pool_args(ctx, jobs)) as pool:
-        futures = [pool.submit(_run_one, *task, threads) for task in tasks]
+        futures = [pool.submit(_run_one, *task, threads, None, tensorboard) for task in tasks]
         try:
             for future in as_finished(futures):
                 yield future.result()

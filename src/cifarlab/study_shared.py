@@ -25,9 +25,10 @@ CLAIM_GRACE = 60
 WAIT_POLL = 2  # seconds between looks at the claims while the last runs are trained elsewhere
 
 
-def run_shared(spec: StudySpec, folder: Path, url: str, store, n_seeds: int, jobs: int, log) -> Path:
+def run_shared(spec: StudySpec, folder: Path, url: str, store, n_seeds: int, jobs: int, log,
+               tensorboard: Path | None = None) -> Path:
     """This machine's workers take runs from the shared store until every run is recorded (with one
-    worker, the epoch lines of its run in flight go to `log`)."""
+    worker, the epoch lines of its run in flight go to `log`; `tensorboard` as for run_study)."""
     (folder / MARKER).write_text(json.dumps({"name": spec.name, "storage": display_url(url)}, indent=2) + "\n")
     store.add_tasks([(exp.name, seed, i) for i, exp in enumerate(spec.experiments) for seed in range(n_seeds)])
     total = len(spec.experiments) * n_seeds
@@ -36,18 +37,19 @@ def run_shared(spec: StudySpec, folder: Path, url: str, store, n_seeds: int, job
     _clear_stale(folder)
     args = (spec, folder, url)
     if jobs == 1:
-        shared_worker(*args, log=log)
+        shared_worker(*args, log=log, tensorboard=tensorboard)
     else:
         ctx = get_context("spawn")
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **_pool_args(ctx, jobs)) as pool:
-            for future in as_finished([pool.submit(shared_worker, *args, threads)
+            for future in as_finished([pool.submit(shared_worker, *args, threads, tensorboard=tensorboard)
                                        for _ in range(jobs)]):
                 future.result()
     return folder
 
 
-def shared_worker(spec: StudySpec, folder: Path, url: str, threads: int = 0, log=None) -> None:
+def shared_worker(spec: StudySpec, folder: Path, url: str, threads: int = 0, log=None,
+                  tensorboard: Path | None = None) -> None:
     """Claim, train and record runs of a shared study until none is left (one process); `log`: the
     epoch lines of each run, prefixed as in run_study."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -63,7 +65,7 @@ def shared_worker(spec: StudySpec, folder: Path, url: str, threads: int = 0, log
             name, seed = claimed
             log_line(f"{name} seed {seed}: started by {worker}")
             with store.holding(name, seed, worker, CLAIM_HEARTBEAT):
-                rec = _run_one(name, seed, with_seed(configs[name], seed), folder, threads, log)
+                rec = _run_one(name, seed, with_seed(configs[name], seed), folder, threads, log, tensorboard)
             store.record(rec, worker)
             log_line(f"{name} seed {seed}: val {rec.val_acc if rec.val_acc is not None else float('nan'):.4f} "
                      f"test {rec.test_acc:.4f} ({rec.seconds:.1f}s)")

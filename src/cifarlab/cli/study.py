@@ -25,6 +25,10 @@ def add_parser(sub) -> None:
     p.add_argument("--storage", metavar="URL", help="postgresql://... shared by workers on any machines started with "
                                                     "the same spec and URL: each run is done once, by one of them")
     p.add_argument("--report", action="store_true", help="write the report when the runs are done")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write each run's per-epoch losses, accuracies and "
+                                                        "learning rate as TensorBoard scalars into "
+                                                        "DIR/<experiment>/seed-<k> (needs the tensorboard extra); "
+                                                        "not a setting of the runs")
     p.set_defaults(func=run)
 
 
@@ -33,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from cifarlab.study import diverged_runs, load_spec, open_store, run_study
 
     spec = load_spec(args.spec)
-    folder = run_study(spec, out=args.out, seeds=args.seeds, jobs=args.jobs, storage=args.storage)
+    folder = run_study(spec, out=args.out, seeds=args.seeds, jobs=args.jobs, storage=args.storage,
+                       tensorboard=args.tensorboard)
     if args.report:
         from cifarlab.report import write_report
 

@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
                      help="continue an interrupted run into --out (OUT.incomplete, or the checkpoint of a killed "
                           "run) after its last finished epoch; the settings must be the same. Starts afresh "
                           "when there is nothing to continue")
+    out.add_argument("--tensorboard", metavar="DIR",
+                     help="also write each epoch's losses, accuracies and learning rate as TensorBoard scalars "
+                          "into DIR/<name of --out> (needs the tensorboard extra); not a setting of the run")
     p.set_defaults(func=run)
 
 
@@ -38,7 +41,17 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR: the run folder to continue")
     out = Path(args.out or f"runs/{run_name(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
-    history = run_experiment(cfg, out, overwrite=args.overwrite, resume="yes" if args.resume else "no")
+    scalars = None
+    if args.tensorboard:
+        from cifarlab.tensorboard_log import EpochScalars
+
+        scalars = EpochScalars(Path(args.tensorboard) / out.name)
+    try:
+        history = run_experiment(cfg, out, overwrite=args.overwrite, resume="yes" if args.resume else "no",
+                                 on_epoch=scalars)
+    finally:
+        if scalars is not None:
+            scalars.close()
     final, meta = history.final, history.meta
     print(f"final test accuracy {final['test_acc']:.4f}"
           + (f" (flip TTA {final['test_acc_tta']:.4f}, 6-view TTA {final['test_acc_tta6']:.4f})"
