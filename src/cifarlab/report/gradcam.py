@@ -77,7 +77,7 @@ def cam_figure(image: np.ndarray, cam: np.ndarray, title: str, subtitle: str = "
             ax.set_axis_off()
         fig.suptitle(title, fontsize=10.5)
         if subtitle:
-            fig.text(0.5, 0.01, subtitle, ha="center", va="bottom", fontsize=7.5, color="#555")
+            fig.supxlabel(subtitle, fontsize=7.5, color="#555")  # laid out below the images, not over them
         return to_png(fig)
 
 
