@@ -66,7 +66,9 @@ def _checkpoint(folder: Path) -> dict[str, Any]:
         raise RunError(f"'{folder}' is not a finished cifarlab run (it has no {MODEL_FILE})")
     try:
         # weights_only: tensors and plain containers only; a crafted pickle cannot run code here.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error line says enough
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file, a refused pickle, ...
         why = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:160]
         raise RunError(f"'{path}' is damaged or not a cifarlab model ({exc.__class__.__name__}: {why})") from None
@@ -232,7 +234,8 @@ def load_image(path: str | os.PathLike, size: int = IMAGE_SIZE) -> np.ndarray:
     w, h = im.size
     side = min(w, h)
     box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-    im = im.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    # Crop first: resize(box=...) would let the filter reach past the box into the cropped-off borders.
+    im = im.crop(box).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
 
 

@@ -95,10 +95,11 @@ def run(args: argparse.Namespace) -> int:
             out.mkdir(parents=True, exist_ok=True)
             predicted = probs.argmax(1)
             maps, _ = for_display(grad_cam(loaded.model, x, [predicted], layer))
-            inputs = {p.resolve() for p in names}
-            for i, (path, target) in enumerate(zip(names, _cam_names(names, out))):
-                if target.resolve() in inputs:  # never write over an image being classified
-                    raise ConfigError(f"--cam '{out}' would overwrite the input image '{target}'")
+            inputs, targets = {p.resolve() for p in names}, _cam_names(names, out)
+            clash = next((t for t in targets if t.resolve() in inputs), None)
+            if clash is not None:  # checked before writing any: never write over an image being classified
+                raise ConfigError(f"--cam '{out}' would overwrite the input image '{clash}'")
+            for i, (path, target) in enumerate(zip(names, targets)):
                 cls, p = results[i][1][0]
                 title = f"{path.name}: {cls} {100 * p:.1f}%"
                 target.write_bytes(cam_figure(batch[i], maps[i, 0], title,
