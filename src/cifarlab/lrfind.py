@@ -149,9 +149,9 @@ def range_test(model: nn.Module, train: Split, cfg: TrainConfig, find: LRFindCon
                 # One host read per step: the stopping rule needs every loss (300 reads, a few ms on CUDA).
                 loss = float(step.loss)
                 if not math.isfinite(loss):
-                    if not result.lrs:
-                        raise ConfigError(f"the loss is not finite from the first step of the range test (at lr "
-                                          f"{lrs[0]:.3g}); lower --start-lr or check the model")
+                    if not result.lrs:  # the first loss comes before any update: the model itself gives NaN/inf
+                        raise ConfigError("the range test's first loss is not finite, before any update: the model's "
+                                          "output is not finite on the training images")
                     result.stopped = "not finite"
                     return result
                 avg = SMOOTHING * avg + (1 - SMOOTHING) * loss

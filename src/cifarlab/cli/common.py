@@ -36,6 +36,14 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _number_or_text(text: str) -> float | str:
+    """'0.4' -> 0.4, 'nan' -> nan (refused by the config, as --lr nan always was), 'auto' -> 'auto'."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -64,7 +72,7 @@ def _argument(group, dest: str, flag: str, f: dataclasses.Field, tp: Any, defaul
     base = alternatives[0]
     kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": _help(f, default)}
     if len(alternatives) > 1:  # `float | Literal["auto"]` (--lr): the config checks the value, with its message
-        kwargs["type"] = parse_value
+        kwargs["type"] = _number_or_text
         kwargs["metavar"] = f.metadata.get("metavar") or "VALUE"
     elif base is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
