@@ -132,7 +132,9 @@ def run_exported(path: Path, fmt: str, x: np.ndarray, batch: int = 500) -> np.nd
         for i in range(0, len(x), batch):
             outs.append(session.run(None, {name: x[i: i + batch]})[0])
     else:
-        loaded = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "torch.jit.load is deprecated" (2.10+)
+            loaded = torch.jit.load(str(path), map_location="cpu")
         with torch.no_grad():
             for i in range(0, len(x), batch):
                 outs.append(loaded(torch.from_numpy(x[i: i + batch])).numpy())
