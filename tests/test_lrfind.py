@@ -49,14 +49,36 @@ def test_the_curve_falls_then_rises_and_the_suggestion_lies_inside_the_range(spl
     best = int(smoothed.argmin())
     assert 0.2 * len(smoothed) < best < len(smoothed) - 1  # a minimum inside, not at either end
     assert smoothed[best] < 0.9 * smoothed[0]  # it learned: the loss fell
-    assert result.stopped in ("diverged", "not finite") and len(result.lrs) < 150  # then it blew up and stopped
-    if result.stopped == "diverged":  # stopped at the first smoothed loss above 4x the best so far
-        assert smoothed[-1] > DIVERGED * smoothed.min() and (smoothed[:-1] <= DIVERGED * smoothed.min()).all()
+    # Then it blew up, and stopped at the first smoothed loss above 4x the best (still finite: 290 raw here).
+    assert result.stopped == "diverged" and len(result.lrs) < 150
+    assert smoothed[-1] > DIVERGED * smoothed.min() and (smoothed[:-1] <= DIVERGED * smoothed.min()).all()
+    assert np.isfinite(result.losses).all()
     assert 1e-4 <= result.suggestion <= 100.0
     assert result.suggestion == pytest.approx(result.lrs[best] / 10)
     assert result.lrs[0] <= result.steepest_lr <= result.lrs[best]
     lrs = np.asarray(result.lrs)  # exponential: a constant ratio from step to step
     assert np.allclose(lrs[1:] / lrs[:-1], (100.0 / 1e-4) ** (1 / 149))
+
+
+def test_a_loss_that_turns_nan_stops_the_test_there(splits):
+    from cifarlab.config import LRFindConfig, TrainConfig
+    from cifarlab.lrfind import range_test
+    from cifarlab.models import create_model
+
+    class NanAfter(torch.nn.Module):  # finite for 12 training steps, then NaN
+        def __init__(self):
+            super().__init__()
+            self.net, self.calls = create_model("s8-net", width=8), 0
+
+        def forward(self, x):
+            self.calls += self.training
+            out = self.net(x)
+            return out * float("nan") if self.calls > 12 else out
+
+    result = range_test(NanAfter(), splits.train, TrainConfig(batch_size=16, augment="none"),
+                        LRFindConfig(start_lr=1e-4, end_lr=1e-3, steps=40), torch.device("cpu"))
+    assert result.stopped == "not finite" and len(result.lrs) == 12 and np.isfinite(result.smoothed).all()
+    assert "the loss was not finite" in result.line()
 
 
 def test_the_model_is_left_as_it_was(splits):
