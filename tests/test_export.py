@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,9 @@ def test_torchscript_export_and_its_parity_check(cli, run_dir, data, tmp_path):
     assert result.code == 0, result.err
     assert "top-1 agreement 100.00%" in result.out
     images = _images(data)
-    loaded = torch.jit.load(str(out))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.jit.load is deprecated" (2.10+)
+        loaded = torch.jit.load(str(out))
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() / 255
     with torch.no_grad():
         assert np.abs(loaded(x[:3]).numpy() - _reference(run_dir, images[:3])).max() < 1e-5
