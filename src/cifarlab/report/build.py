@@ -10,9 +10,11 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 
 from cifarlab.errors import CifarlabError
+from cifarlab.mistakes import MAX_MISTAKES, top_mistakes
 from cifarlab.report import figures
 from cifarlab.report.doc import (Block, Bullets, Column, Details, Document, Heading, Image, Para, Pre, Table,
                                  render_html, render_markdown)
+from cifarlab.report.gradcam import cam_caption, mistakes_cam_grid, run_cams
 from cifarlab.report.insights import insights, reference
 from cifarlab.report.layers import layer_table_blocks
 from cifarlab.report.stats import summarize
@@ -23,7 +25,6 @@ from cifarlab.report.text import (config_diff, config_summary, duration, int_ran
 from cifarlab.store import RunRecord
 
 HTML_NAME, MD_NAME, FILES_DIR = "report.html", "report.md", "report-files"
-MAX_MISTAKES = 24
 BEST_EPOCH_LABEL = "best test epoch (optimistic, for reference only)"
 
 
@@ -191,13 +192,15 @@ def mistakes_block(exp: Experiment, tag: str, study: Study, images: _Images, cla
     wrong = np.flatnonzero(predicted != pred.labels)
     if len(wrong) == 0:
         return [Para(f"Seed {run.seed} classifies every test image correctly.", "note")]
-    conf = pred.probs[wrong, predicted[wrong]]
-    pick = wrong[np.argsort(-conf, kind="stable")[:MAX_MISTAKES]]
-    png = figures.mistakes_grid(test_x[pick], [classes[i] for i in pred.labels[pick]],
-                                [classes[i] for i in predicted[pick]], pred.probs[pick, predicted[pick]].tolist())
+    pick = top_mistakes(pred.probs, pred.labels, MAX_MISTAKES)
+    grid = ([classes[i] for i in pred.labels[pick]], [classes[i] for i in predicted[pick]],
+            pred.probs[pick, predicted[pick]].tolist())
+    cams = run_cams(study.folder / run.run_dir, study.folder, pick, predicted, pred.labels)
+    png = (figures.mistakes_grid(test_x[pick], *grid) if cams is None
+           else mistakes_cam_grid(test_x[pick], *grid, cams.maps))
     caption = (f"The {len(pick)} most confident mistakes (of {len(wrong):,}) of seed {run.seed}, {which} "
                f"(final test accuracy {pct(run.test_acc)}%). Above each image: true class, \u2192 predicted "
-               "class and its softmax probability.")
+               "class and its softmax probability." + (cam_caption(cams) if cams is not None else ""))
     return [Image(f"{tag}-mistakes", png, f"misclassified test images, {exp.name}", caption)]
 
 
