@@ -152,7 +152,8 @@ def test_models_lists_every_model_with_its_parameter_count(cli):
 # `cifarlab train`: the happy path and the run folder
 
 
-RUN_FILES = ["config.json", "history.csv", "history.json", "layers.json", "model.pt", "predictions.npz"]
+RUN_FILES = ["cams.npz", "config.json", "history.csv", "history.json", "layers.json", "model.pt",
+             "predictions.npz"]
 
 
 def test_train_writes_a_complete_run_and_never_overwrites_it_by_accident(cli, tiny_folder, tmp_path):

@@ -99,6 +99,25 @@ def test_resumed_after_its_last_epoch_it_still_hands_back_its_test_logits(splits
     assert torch.equal(continued.test_logits, whole.test_logits)
 
 
+def test_a_resumed_lr_auto_run_keeps_the_lr_its_range_test_found_and_runs_no_second_test(splits, tmp_path,
+                                                                                         monkeypatch):
+    import cifarlab.lrfind
+
+    cfg = cfg_with(epochs=3, optim=dict(lr="auto"))
+    states = []
+    whole = train(model_for(cfg), splits, cfg, log=None, checkpoint=states.append)
+    path = tmp_path / resume.CHECKPOINT
+    resume.save(path, {**states[0], "config": {}})
+
+    def second_test(*args, **kwargs):
+        raise AssertionError("the range test ran again")
+
+    monkeypatch.setattr(cifarlab.lrfind, "auto_lr", second_test)
+    continued = train(model_for(cfg), splits, cfg, log=None, resume=resume.load(path))
+    assert metrics(continued.rows) == metrics(whole.rows)
+    assert continued.lr_find == whole.lr_find and continued.meta["lr_auto"] == whole.meta["lr_auto"]
+
+
 def test_the_checkpoint_holds_only_tensors_and_plain_containers(splits, tmp_path):
     cfg = cfg_with(epochs=1, ema=0.9, alt_flip=True)
     states = []

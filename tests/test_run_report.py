@@ -65,17 +65,37 @@ def test_a_run_report_shows_curves_mistakes_confusion_classes_layers_config_and_
     source = (run / "model_source.py").read_text()
     assert source.strip() in md
     assert "def forward(self, x):" in html and "x = x + self.c2(x)" in html and "&gt;" not in source
-    # 10 mistakes, 5 per row: two rows of five cells.
-    grid = Image.open(io.BytesIO((run / "report-files" / "run-mistakes.png").read_bytes()))
-    single = Image.open(io.BytesIO(_grid_png(1)))
-    assert RUN_MISTAKES == (10, 5)
-    assert grid.size == (5 * single.size[0], 2 * single.size[1])
+    # 10 mistakes, 5 per row: two rows of five cells, each the image and its Grad-CAM maps (cams.npz).
+    assert (RUN_MISTAKES.count, RUN_MISTAKES.cols, RUN_MISTAKES.cam_cols) == (10, 5, 5)
+    assert "Grad-CAM at layer" in md
+    assert _size(run / "report-files" / "run-mistakes.png") == _grid_size(_cam_grid_png(1), 5, 2)
+    # A run without the maps gets the plain grid, also 5x2.
+    (run / "cams.npz").unlink()
+    assert report(cli, run, data).code == 0
+    assert _size(run / "report-files" / "run-mistakes.png") == _grid_size(_grid_png(1), 5, 2)
+
+
+def _size(path: Path) -> tuple[int, int]:
+    return Image.open(io.BytesIO(path.read_bytes())).size
+
+
+def _grid_size(single_png: bytes, cols: int, rows: int) -> tuple[int, int]:
+    """The size of a grid of `cols` x `rows` cells, from the size of a grid of one."""
+    width, height = Image.open(io.BytesIO(single_png)).size
+    return cols * width, rows * height
 
 
 def _grid_png(n: int) -> bytes:
     from cifarlab.report.figures import mistakes_grid
 
     return mistakes_grid(np.zeros((n, 32, 32, 3), np.uint8), ["cat"] * n, ["dog"] * n, [0.5] * n, cols=1)
+
+
+def _cam_grid_png(n: int) -> bytes:
+    from cifarlab.report.gradcam import mistakes_cam_grid
+
+    return mistakes_cam_grid(np.zeros((n, 32, 32, 3), np.uint8), ["cat"] * n, ["dog"] * n, [0.5] * n,
+                             np.zeros((n, 2, 32, 32), np.float32), per_row=1)
 
 
 def test_the_report_never_runs_the_model_file(cli, run, data, tmp_path):

@@ -101,7 +101,7 @@ train = { optim = { lr = 0.1 } }
     ("train = { epochs = 30 }", "", "experiments.bn.train.epochs: 30 epochs exceed the budget of 20"),
     ("train = { epochs = 0 }", "", "experiments.bn.train.epochs: must be >= 1, got 0"),
     ("train = { batch_size = \"big\" }", "", "experiments.bn.train.batch_size: expected int"),
-    ("train = { optim = { lr = \"fast\" } }", "", "experiments.bn.train.optim.lr: expected float"),
+    ("train = { optim = { lr = \"fast\" } }", "", "experiments.bn.train.optim.lr: expected a number or 'auto'"),
     ("train = { optim = { momentun = 0.9 } }", "", "experiments.bn.train.optim.momentun: unknown key"),
     ("model = { name = \"resnet-9000\" }", "", "unknown model 'resnet-9000'"),
     ("model = { options = { norm = \"xn\" } }", "", "experiments.bn.model.options.norm: unknown value 'xn'"),

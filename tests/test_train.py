@@ -127,8 +127,8 @@ def test_run_experiment_writes_a_complete_run_that_reloads(tiny_folder, tmp_path
     out = tmp_path / "runs" / "one"
     cfg = run_cfg(tiny_folder.root)
     history = run_experiment(cfg, out, log=None)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "history.csv", "history.json", "layers.json",
-                                                     "model.pt", "predictions.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["cams.npz", "config.json", "history.csv", "history.json",
+                                                     "layers.json", "model.pt", "predictions.npz"]
     assert not [p for p in out.parent.iterdir() if p.name != "one"]  # no staging folder left behind
 
     config = json.loads((out / "config.json").read_text())

@@ -96,6 +96,9 @@ def check_value(value: Any, tp: Any) -> Any:
                 return check_value(value, arg)
             except SettingError as exc:
                 problems.append(exc)
+        if len(args) > 1 and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            # `lr = "fast"`: name every alternative (a number's own problem, such as nan, is kept)
+            raise SettingError((), f"expected {' or '.join(_alternative(a) for a in args)}, got {value!r}")
         raise problems[0]
     if origin is Literal:
         if isinstance(value, str) and value in typing.get_args(tp):
@@ -136,6 +139,13 @@ def check_value(value: Any, tp: Any) -> Any:
     elif tp is Any:
         return value
     raise SettingError((), f"expected {type_name(tp)}, got {value!r}")
+
+
+def _alternative(tp: Any) -> str:
+    """'a number', "'auto'": one type of a union, as an error message names it."""
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(tp))
+    return "a number" if tp in (int, float) else type_name(tp)
 
 
 def check_field(f: dataclasses.Field, value: Any, tp: Any) -> Any:
@@ -349,7 +359,12 @@ class OptimConfig(Settings):
     # Defaults: the reference "modern recipe" for <= 50k-parameter nets (Nesterov SGD, linear
     # warm-up/decay, decay 5e-4 on kernels) at batch 256; see BENCHMARKS.md for what it reaches.
     name: Optimizer = setting("sgd", "optimiser", flag="--optimizer", group="optimisation")
-    lr: float = setting(0.4, "peak learning rate", gt=0, group="optimisation")
+    # "auto": train.train runs the range test (lrfind.py) on the training split first and trains at its
+    # suggestion; config.json keeps "auto", history.json's meta the lr used (so a resumed study still
+    # matches its finished runs, whatever lr the test found for them).
+    lr: float | Literal["auto"] = setting(0.4, "peak learning rate, or auto: the learning-rate range test's "
+                                          "suggestion (`cifarlab lr-find`), run on the training split first",
+                                          gt=0, metavar="X|auto", group="optimisation")
     momentum: float = setting(0.9, "SGD momentum; Adam beta1", ge=0, lt=1, group="optimisation")
     nesterov: bool = setting(True, "Nesterov momentum (SGD)", group="optimisation")
     weight_decay: float = setting(5e-4, "optimiser decay of conv/linear kernels (AdamW: decoupled)", ge=0,
@@ -369,6 +384,22 @@ class OptimConfig(Settings):
     def problems(self):
         if self.nesterov and self.momentum <= 0:
             yield "nesterov", "nesterov needs momentum > 0"
+
+
+@dataclass(frozen=True)
+class LRFindConfig(Settings):
+    """The learning-rate range test (`cifarlab lr-find`, and `--lr auto` before training)."""
+
+    start_lr: float = setting(1e-4, "learning rate of the first step", gt=0, metavar="X", group="range test")
+    end_lr: float = setting(10.0, "learning rate of the last step (the ramp is exponential)", gt=0, metavar="X",
+                            group="range test")
+    # 300 steps at batch 256 see 77k images (1.5 epochs of CIFAR-10) over 5 decades: ~60 steps per decade.
+    steps: int = setting(300, "optimiser steps from start to end; the test stops early when the loss diverges",
+                         ge=10, metavar="N", group="range test")
+
+    def problems(self):
+        if self.end_lr <= self.start_lr:
+            yield "end_lr", f"must be above start_lr ({self.start_lr:g}), got {self.end_lr:g}"
 
 
 @dataclass(frozen=True)

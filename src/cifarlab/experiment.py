@@ -12,6 +12,7 @@ from torch import nn
 from cifarlab.config import RunConfig, to_dict
 from cifarlab.console import log_line
 from cifarlab.data import CLASSES, DataSplits, load_cifar10, make_splits
+from cifarlab.explain import save_explanations
 from cifarlab.models import check_budget, check_output, count_params, model_from_config, resolve
 from cifarlab.models.external import source_code
 from cifarlab.resume import CHECKPOINT, choose as resume_from, save as save_state
@@ -82,7 +83,8 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
                    log: Callable[[str], None] | None = log_line, model: nn.Module | None = None,
                    on_epoch: Callable[[dict], None] | None = None, resume: Resume = "no") -> History:
     """Train one run and write `out/{config.json, history.csv, history.json, model.pt, predictions.npz,
-    layers.json}`, and `model_source.py` when the model came from a file or module.
+    layers.json, cams.npz}`, `model_source.py` when the model came from a file or module and
+    `lr_find.{csv,png}` when its lr was "auto".
 
     Every check (config, model, budget, data) runs before the output folder is created; the config
     checked itself when it was made. `model`: train this object (already initialised) instead of building
@@ -149,8 +151,9 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     write_history(rundir.stage, history.rows, history.meta)
     save_checkpoint(rundir.stage / "model.pt", model, config,
                     {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)})
-    if data.test is not None:
+    if data.test is not None:  # a sweep trial has no test split
         save_predictions(rundir.stage / "predictions.npz", history.test_logits, data.test.y)
+    save_explanations(rundir.stage, model, data, history, layers, log)
     (rundir.stage / CHECKPOINT).unlink(missing_ok=True)  # a finished run has model.pt; nothing to continue
     rundir.commit()
     if overwrite and found is None:  # started afresh: an interrupted run into `out` is replaced too

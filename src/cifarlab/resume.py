@@ -18,6 +18,7 @@ is identical to an uninterrupted one (tests/test_resume.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +35,11 @@ FORMAT = 1  # bumped when the layout changes; a checkpoint of another format is 
 # key -> type of every entry (None: may be absent)
 _LAYOUT = {"format": int, "epoch": int, "config": dict, "rows": list, "device": str, "train_seconds": float,
            "model": dict, "optimizer": dict, "ema": (dict, type(None)), "generator": torch.Tensor,
-           "torch_rng": torch.Tensor, "cuda_rng": (torch.Tensor, type(None))}
+           "torch_rng": torch.Tensor, "cuda_rng": (torch.Tensor, type(None)), "lr_find": (dict, type(None))}
 
 
 def state_of(epoch: int, rows: list[dict], model, opt, ema, gen: torch.Generator, device: torch.device,
-             train_seconds: float) -> dict[str, Any]:
+             train_seconds: float, lr_find=None) -> dict[str, Any]:
     """Everything a run needs to go on after `epoch` exactly as if it had not stopped: a snapshot (copies on
     the CPU), so that it stays the state of `epoch` however long it is kept."""
     cpu = lambda sd: {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else v  # noqa: E731
@@ -51,7 +52,8 @@ def state_of(epoch: int, rows: list[dict], model, opt, ema, gen: torch.Generator
             "train_seconds": float(train_seconds), "model": cpu(model.state_dict()), "optimizer": opt_state,
             "ema": cpu(ema.model.state_dict()) if ema is not None else None,
             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "lr_find": dataclasses.asdict(lr_find) if lr_find is not None else None}
 
 
 def restore(state: dict[str, Any], model, opt, ema, gen: torch.Generator, plan, device: torch.device) -> None:

@@ -14,8 +14,8 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,9 @@ from cifarlab.metrics import LOGGED
 from cifarlab.optim import create_optimizer, penalty_terms
 from cifarlab.step import StepPlan, TrainStep
 
+if TYPE_CHECKING:
+    from cifarlab.lrfind import RangeTest
+
 
 @dataclass
 class History:
@@ -40,6 +43,7 @@ class History:
     # (N, classes) float32 on the CPU: the test-set logits of the last evaluation (flip-TTA averaged
     # when `tta` is on), i.e. of the weights the run ends with; predictions.npz is written from them.
     test_logits: torch.Tensor | None = None
+    lr_find: "RangeTest | None" = None  # with lr "auto": the range test's curve (lr_find.csv in a run folder)
 
     @property
     def final(self) -> dict:
@@ -220,6 +224,15 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         # Evenly strided, so a class-ordered training set still gives every class its share.
         init_from_data(data.train.x[:: max(1, len(data.train) // DATA_INIT_IMAGES)][:DATA_INIT_IMAGES])
     autocast = autocast_for(device, cfg.precision)
+    lr_find = None
+    if cfg.optim.lr == "auto":  # the range test on the training split, then train at its suggestion
+        from cifarlab.lrfind import RangeTest, auto_lr
+
+        if resume is not None and resume["lr_find"] is not None:  # the test the run began with, not a second one
+            lr_find = RangeTest(**resume["lr_find"])
+        else:
+            lr_find = auto_lr(model, data.train, cfg, device, autocast, fmt, log)
+        cfg = replace(cfg, optim=replace(cfg.optim, lr=lr_find.suggestion))
     mode = COMPILE_MODES[cfg.compile] if cfg.compile != "auto" else ("default" if use_cuda else None)
     if graph:
         mode = GRAPHED_COMPILE_MODES.get(mode, mode)
@@ -253,7 +266,10 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
 
     history = History(meta={"device": _device_name(device), "train_images": n, "batch_size": bs,
                             "steps_per_epoch": steps, "compiled": compiled, "cuda_graph": step.graph is not None,
-                            "warmup_seconds": warmup_seconds})
+                            "warmup_seconds": warmup_seconds},
+                      lr_find=lr_find)
+    if lr_find is not None:  # config.json keeps "auto"; the lr used, and how it was found, go here
+        history.meta["lr_auto"] = lr_find.summary()
     done, before = 0, 0.0  # epochs and training seconds of the run before this process took it on
     if resume is not None:
         from cifarlab import resume as checkpoints
@@ -305,7 +321,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
             from cifarlab.resume import state_of
 
             checkpoint(state_of(epoch, history.rows, model, opt, ema, gen, device,
-                                before + time.perf_counter() - run_start))
+                                before + time.perf_counter() - run_start, lr_find))
         if on_epoch is not None:
             on_epoch(row)
         if log is not None:

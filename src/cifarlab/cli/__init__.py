@@ -16,7 +16,7 @@ from cifarlab import __version__
 from cifarlab.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, CifarlabError
 from cifarlab.signals import Terminated, sigterm_interrupts
 
-COMMANDS = ("train", "models", "inspect", "study", "sweep", "report", "data")
+COMMANDS = ("train", "models", "inspect", "study", "sweep", "report", "data", "predict", "lr-find", "export")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,10 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
+        module_name = f"cifarlab.cli.{name.replace('-', '_')}"  # lr-find -> cli/lr_find.py
         try:
-            module = importlib.import_module(f"cifarlab.cli.{name}")
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name != f"cifarlab.cli.{name}":
+            if exc.name != module_name:
                 raise
             continue
         module.add_parser(sub)

@@ -36,6 +36,14 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _number_or_text(text: str) -> float | str:
+    """'0.4' -> 0.4, 'nan' -> nan (refused by the config, as --lr nan always was), 'auto' -> 'auto'."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -60,9 +68,13 @@ def _help(f: dataclasses.Field, default: Any) -> str:
 
 def _argument(group, dest: str, flag: str, f: dataclasses.Field, tp: Any, default: Any) -> None:
     optional = typing.get_origin(tp) in (types.UnionType, typing.Union)
-    base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
+    alternatives = [a for a in typing.get_args(tp) if a is not type(None)] if optional else [tp]
+    base = alternatives[0]
     kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": _help(f, default)}
-    if base is bool:
+    if len(alternatives) > 1:  # `float | Literal["auto"]` (--lr): the config checks the value, with its message
+        kwargs["type"] = _number_or_text
+        kwargs["metavar"] = f.metadata.get("metavar") or "VALUE"
+    elif base is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif typing.get_origin(base) is Literal:
         kwargs["choices"] = typing.get_args(base)
@@ -90,6 +102,25 @@ def add_config_args(parser: argparse.ArgumentParser, model_only: bool = False) -
         if path[0] == "model" or not f.metadata.get("cli", True):
             continue
         _argument(groups[f.metadata.get("group") or "run"], _RUN + ".".join(path), _flag(path, f), f, tp, f.default)
+
+
+def add_settings_args(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None:
+    """Flags for every field of a flat Settings dataclass (e.g. config.LRFindConfig), under `prefix` dests."""
+    groups: dict[str, Any] = {}
+    for path, f, tp in leaves(cls):
+        name = f.metadata.get("group") or "options"
+        group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
+        _argument(group, prefix + path[-1], _flag(path, f), f, tp, f.default)
+
+
+def settings_from_args(args: argparse.Namespace, cls: type, prefix: str) -> Any:
+    """The `cls` instance the flags added by `add_settings_args` describe; a bad value is one ConfigError line."""
+    given = {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
+    try:
+        return from_dict(cls, given)
+    except SettingError as exc:
+        flag = "--" + exc.path[0].replace("_", "-") if exc.path else ""
+        raise ConfigError(f"{flag}: {exc.problem}" if flag else exc.problem) from None
 
 
 def _flag_of(path: tuple[str, ...]) -> str:

@@ -12,7 +12,8 @@ from cifarlab.errors import ConfigError, DivergedError
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train one model and write a run folder",
                        description="Train one model; writes OUT/{config.json, history.csv, history.json, "
-                                   "model.pt, predictions.npz} (+ model_source.py for a FILE.py:NAME model).",
+                                   "model.pt, predictions.npz, layers.json, cams.npz} (+ model_source.py for a "
+                                   "FILE.py:NAME model, lr_find.csv/png with --lr auto).",
                        formatter_class=HelpFormatter)
     add_config_args(p)
     out = p.add_argument_group("output")

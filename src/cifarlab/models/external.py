@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -148,11 +149,19 @@ def _defined_here(module: ModuleType) -> list[str]:
                   and (isinstance(v, type) and issubclass(v, nn.Module) or callable(v) and not isinstance(v, type)))
 
 
-def create_external(cfg: ModelConfig) -> nn.Module:
-    """Build the file or module model `cfg` names, with its options; every failure is one ConfigError line."""
+def create_external(cfg: ModelConfig, *, recorded: bool = False) -> nn.Module:
+    """Build the file or module model `cfg` names, with its options; every failure is one ConfigError line.
+
+    `recorded`: `cfg` was read from a run folder (predict, export), so its name, object and options may come
+    from someone else. Then only a class or function the imported file defines itself is called: a forged
+    `os.py:system` or `net.py:os.system` (an attribute the file imported) must not be reachable.
+    """
     cfg = resolve(cfg)
     source, label = cfg.source, f"model '{cfg.name}'"
     module = _module(source, label)
+    if recorded and Path(getattr(module, "__file__", "") or "").resolve() != Path(source["path"]).resolve():
+        raise ConfigError(f"{label}: module '{source.get('module')}' imports from {module.__file__}, not from the "
+                          f"recorded {source['path']}")
     obj: Any = module
     for part in source["object"].split("."):
         if not hasattr(obj, part):
@@ -162,6 +171,10 @@ def create_external(cfg: ModelConfig) -> nn.Module:
                               + (f" (it defines {', '.join(defined)})" if defined else ""))
         obj = getattr(obj, part)
     what = source["object"]
+    if recorded and not (getattr(obj, "__module__", None) == module.__name__
+                         and (isinstance(obj, type) and issubclass(obj, nn.Module) or inspect.isfunction(obj))):
+        raise ConfigError(f"{label}: '{what}' is not an nn.Module class or a function defined in "
+                          f"{Path(source['path']).name}")
     if isinstance(obj, nn.Module):
         raise ConfigError(f"{label}: '{what}' is a model instance; name its class or a function that builds it")
     if isinstance(obj, type) and not issubclass(obj, nn.Module):

@@ -4,15 +4,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from cifarlab.errors import CifarlabError
+from cifarlab.mistakes import MAX_MISTAKES, top_mistakes
 from cifarlab.report import figures
 from cifarlab.report.doc import (Block, Bullets, Column, Details, Document, Heading, Image, Para, Pre, Table,
                                  render_html, render_markdown)
+from cifarlab.report.gradcam import cam_caption, mistakes_cam_grid, run_cams
 from cifarlab.report.insights import insights, reference
 from cifarlab.report.layers import layer_table_blocks
 from cifarlab.report.stats import summarize
@@ -23,7 +26,6 @@ from cifarlab.report.text import (config_diff, config_summary, duration, int_ran
 from cifarlab.store import RunRecord
 
 HTML_NAME, MD_NAME, FILES_DIR = "report.html", "report.md", "report-files"
-MAX_MISTAKES = 24
 BEST_EPOCH_LABEL = "best test epoch (optimistic, for reference only)"
 
 
@@ -173,9 +175,18 @@ class _Images:
         return self.cache[root]
 
 
+@dataclass(frozen=True)
+class MistakeGrid:
+    """How many of the most confident mistakes a report shows, and how many per row."""
+
+    count: int = MAX_MISTAKES
+    cols: int = 8  # images per row of the plain grid
+    cam_cols: int = 4  # per row with Grad-CAM: each mistake is three tiles (image, predicted, true)
+
+
 def mistakes_block(exp: Experiment, tag: str, study: Study, images: _Images, classes: list[str],
-                   grid: tuple[int, int] = (MAX_MISTAKES, 8)) -> list[Block]:
-    """The most confident mistakes of the experiment's median seed; `grid`: (at most this many, per row)."""
+                   grid: MistakeGrid = MistakeGrid()) -> list[Block]:
+    """The most confident mistakes of the experiment's median seed, laid out as `grid` says."""
     run = exp.median_run()
     which = "the median seed" if len(exp.runs) > 1 else "the only seed"
     pred = load_predictions(study, run)
@@ -193,20 +204,22 @@ def mistakes_block(exp: Experiment, tag: str, study: Study, images: _Images, cla
     wrong = np.flatnonzero(predicted != pred.labels)
     if len(wrong) == 0:
         return [Para(f"Seed {run.seed} classifies every test image correctly.", "note")]
-    conf = pred.probs[wrong, predicted[wrong]]
-    pick = wrong[np.argsort(-conf, kind="stable")[:grid[0]]]
-    png = figures.mistakes_grid(test_x[pick], [classes[i] for i in pred.labels[pick]],
-                                [classes[i] for i in predicted[pick]], pred.probs[pick, predicted[pick]].tolist(),
-                                cols=grid[1])
+    pick = top_mistakes(pred.probs, pred.labels, MAX_MISTAKES)  # the mistakes cams.npz holds maps of
+    cams = run_cams(study.folder / run.run_dir, study.folder, pick, predicted, pred.labels)
+    pick = pick[:grid.count]
+    shown = ([classes[i] for i in pred.labels[pick]], [classes[i] for i in predicted[pick]],
+             pred.probs[pick, predicted[pick]].tolist())
+    png = (figures.mistakes_grid(test_x[pick], *shown, cols=grid.cols) if cams is None
+           else mistakes_cam_grid(test_x[pick], *shown, cams.maps[:len(pick)], per_row=grid.cam_cols))
     caption = (f"The {len(pick)} most confident mistakes (of {len(wrong):,}) of seed {run.seed}, {which} "
                f"(final test accuracy {pct(run.test_acc)}%). Above each image: true class, \u2192 predicted "
-               "class and its softmax probability.")
+               "class and its softmax probability." + (cam_caption(cams) if cams is not None else ""))
     return [Image(f"{tag}-mistakes", png, f"misclassified test images, {exp.name}", caption)]
 
 
 def experiment_section(exp: Experiment, tag: str, study: Study, preds: list[Predictions], images: _Images,
                        classes: list[str], layers: dict[str, list[Block]],
-                       grid: tuple[int, int] = (MAX_MISTAKES, 8)) -> list[Block]:
+                       grid: MistakeGrid = MistakeGrid()) -> list[Block]:
     """Description, config, per-seed table, curves, confusion matrix, mistakes and layer table of one experiment."""
     ref = reference(study)
     blocks: list[Block] = [Heading(3, exp.name + _baseline_mark(exp, study), f"exp-{tag}")]
@@ -283,7 +296,7 @@ def _warnings(study: Study) -> list[Block]:
 
 
 # A single run's report shows its 10 most confident mistakes, 5 per row (the seed assignment's 5x2 grid).
-RUN_MISTAKES = (10, 5)
+RUN_MISTAKES = MistakeGrid(count=10, cols=5, cam_cols=5)
 MAX_SOURCE_BYTES = 200_000  # a model file longer than this is shown cut, with a note
 SOURCE_COPY = "model_source.py"  # experiment.SOURCE_COPY; not imported from there, which loads torch
 
