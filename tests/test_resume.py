@@ -194,11 +194,12 @@ def test_resume_continues_from_the_incomplete_folder_and_leaves_no_checkpoint_be
     assert metrics(json.loads((tmp_path / "run" / "history.json").read_text())["epochs"]) == metrics(whole.rows)
 
 
-def test_a_changed_setting_is_refused_naming_it_and_nothing_moves(tiny_folder, tmp_path):
+@pytest.mark.parametrize("mode", ["yes", "auto"])  # train --resume; train run again, a study
+def test_a_changed_setting_is_refused_naming_it_and_nothing_moves(tiny_folder, tmp_path, mode):
     kept = interrupted_run(tiny_folder.root, tmp_path / "run", 1)
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(ConfigError) as err:
-        run_experiment(run_cfg(tiny_folder.root, optim={"lr": 0.2}), tmp_path / "run", log=None, resume="yes")
+        run_experiment(run_cfg(tiny_folder.root, optim={"lr": 0.2}), tmp_path / "run", log=None, resume=mode)
     assert str(err.value) == (f"cannot resume from '{kept}': it was trained with other settings "
                               "(train.optim.lr: 0.4 -> 0.2); run with those, or pass --overwrite to start again")
     assert sorted(p.name for p in tmp_path.iterdir()) == before

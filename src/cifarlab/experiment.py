@@ -94,8 +94,9 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     While it trains the staging folder holds a checkpoint of the last finished epoch (resume.py).
     `resume` "yes" (`cifarlab train --resume`): continue from `out.incomplete` or a killed run's staging
     folder when one holds a checkpoint of this config, refusing what cannot be continued; "auto" (a
-    study): the same, but what cannot be continued is started afresh, except an `.incomplete` of other
-    settings; "no": start afresh (resume.choose says what that refuses). `overwrite` alone starts afresh.
+    study, `cifarlab train` run again): the same, but what cannot be continued is started afresh, except
+    an `.incomplete` of other settings; "no": start afresh (resume.choose says what that refuses).
+    `overwrite` with "no" starts afresh whatever is there.
     """
     cfg = replace(cfg, model=resolve(cfg.model))  # a file model's path and sha256 go into config.json
     device = resolve_device(cfg.train.device)
@@ -144,8 +145,8 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     except BaseException:
         kept = rundir.abandon()
         if kept is not None and log is not None:
-            how = "running the study again" if resume == "auto" else "the same command with --resume"
-            log(f"interrupted: the {len(rows)} finished epoch(s) are kept in {kept}; {how} continues from there")
+            log(f"interrupted: the {len(rows)} finished epoch(s) are kept in {kept}; the same command continues "
+                "from there")
         raise
     history.meta = {**meta, **history.meta}
     write_history(rundir.stage, history.rows, history.meta)

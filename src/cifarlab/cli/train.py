@@ -23,9 +23,10 @@ def add_parser(sub) -> None:
                      help="start afresh, replacing an existing cifarlab run folder (never any other folder) and "
                           "its interrupted run")
     out.add_argument("--resume", action="store_true",
-                     help="continue an interrupted run into --out (OUT.incomplete, or the checkpoint of a killed "
-                          "run) after its last finished epoch; the settings must be the same. Starts afresh "
-                          "when there is nothing to continue")
+                     help="continue the interrupted run into --out (OUT.incomplete, or the checkpoint of a killed "
+                          "run) after its last finished epoch, as the same command does without it, but refuse "
+                          "rather than start afresh when what is there cannot be continued; the settings must be "
+                          "the same")
     out.add_argument("--tensorboard", metavar="DIR",
                      help="also write each epoch's losses, accuracies and learning rate as TensorBoard scalars "
                           "into DIR/<name of --out> (needs the tensorboard extra); not a setting of the run")
@@ -48,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
         scalars = EpochScalars(Path(args.tensorboard) / out.name)
     try:
-        history = run_experiment(cfg, out, overwrite=args.overwrite, resume="yes" if args.resume else "no",
-                                 on_epoch=scalars)
+        # The same command again continues an interrupted run; --overwrite starts afresh.
+        resume = "yes" if args.resume else "no" if args.overwrite else "auto"
+        history = run_experiment(cfg, out, overwrite=args.overwrite, resume=resume, on_epoch=scalars)
     finally:
         if scalars is not None:
             scalars.close()
