@@ -82,6 +82,16 @@ def test_shipped_specs_parse_and_fit_their_budgets():
     assert "smoke" in names and "budget" in names
 
 
+def test_the_cpu_demo_compares_augmentation_alone():
+    """`make demo` on a CPU: its finding is about augmentation, so that is all its experiments differ in."""
+    from cifarlab.config import setting_changes, to_dict
+
+    spec = load_spec(REPO / "studies" / "augmentation-cpu.toml")
+    none, crop = (to_dict(e.config) for e in spec.experiments)
+    assert setting_changes(none, crop) == ['train.augment: "none" -> "crop"']
+    assert spec.seeds >= 2 and spec.baseline == "none"
+
+
 def test_experiment_overrides_merge_key_by_key(tmp_path, tiny_data):
     spec = load_spec(write_spec(tmp_path / "s.toml", tiny_data, """
 [[experiments]]
