@@ -155,10 +155,10 @@ def test_a_study_writes_each_run_into_its_own_folder(cli, tiny_folder, tmp_path,
     result = cli("study", spec(tmp_path / "s.toml", tiny_folder.root), "--out", folder, "--jobs", jobs,
                  "--tensorboard", tmp_path / "tb")
     assert result.code == 0, result.err
-    runs = sorted(str(p.relative_to(tmp_path / "tb")) for p in (tmp_path / "tb").glob("*/*"))
-    assert runs == ["bn/seed-0", "ln/seed-0"]
+    runs = sorted(str(p.relative_to(tmp_path / "tb")) for p in (tmp_path / "tb").glob("*/*/*"))
+    assert runs == ["study/bn/seed-0", "study/ln/seed-0"]  # under the study folder's name
     for run in runs:
-        assert scalars(tmp_path / "tb" / run) == expected(history_of(folder / run))
+        assert scalars(tmp_path / "tb" / run) == expected(history_of(tmp_path / run))
 
 
 def test_without_the_tensorboard_package_the_flag_is_one_line_with_the_install_hint(cli, tiny_folder, tmp_path,

@@ -126,7 +126,7 @@ def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: 
     """Train one (experiment, seed) into its run folder; runs in a worker process when --jobs > 1.
 
     `log`: the run's epoch lines, prefixed `[experiment seed k]`; `tensorboard`: write its scalars
-    into tensorboard/<experiment>/seed-<k>."""
+    into <tensorboard>/<experiment>/seed-<k>."""
     import torch
 
     from cifarlab.experiment import run_experiment
@@ -192,7 +192,9 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
     """Run every (experiment, seed) not yet in the store; return the study folder.
 
     With one job the epoch lines of the run in flight are logged, prefixed `[experiment seed k]`; with
-    several, one line per finished run. `tensorboard`: each run's scalars in <it>/<experiment>/seed-<k>.
+    several, one line per finished run. `tensorboard`: each run's scalars in
+    <tensorboard>/<study folder's name>/<experiment>/seed-<k>, so that studies sharing a log folder
+    keep their runs apart (as `train` writes to <tensorboard>/<name of --out>).
 
     With `storage` (a postgresql:// URL) the store is that database, shared by every worker started with
     the same spec and URL, on any machine: each takes the next unclaimed run (store_pg.PgStore.claim),
@@ -217,6 +219,7 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
     if problem:
         raise ConfigError(problem)
     folder.mkdir(parents=True, exist_ok=True)
+    tb = Path(tensorboard) / folder.resolve().name if tensorboard is not None else None
     with FolderLock(folder), open_store(folder, storage, spec.name) as store:
         previous = store.meta()
         if previous.get("name") not in (None, spec.name):
@@ -243,8 +246,7 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
         if storage is not None:
             from cifarlab.study_shared import run_shared
 
-            return run_shared(spec, folder, storage, store, n_seeds, jobs, log,
-                              Path(tensorboard) if tensorboard is not None else None)
+            return run_shared(spec, folder, storage, store, n_seeds, jobs, log, tb)
         tasks = [(exp.name, seed, with_seed(exp.config, seed), folder)
                  for exp in spec.experiments for seed in range(n_seeds) if (exp.name, seed) not in finished]
         total = len(spec.experiments) * n_seeds
@@ -254,7 +256,6 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
         continued = _check_resumable(tasks)
         _clear_stale(folder, keep=continued)
         started = time.perf_counter()
-        tb = Path(tensorboard) if tensorboard is not None else None
         for i, rec in enumerate(_execute(tasks, jobs, log, tb), start=1):
             store.record(rec)
             scores = " ".join(f"{part} {getattr(rec, f'{part}_acc'):.4f}" for part in ("val", "test", "train")

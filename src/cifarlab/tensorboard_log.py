@@ -3,8 +3,9 @@
 A run option like --out, not a setting of the run (RunConfig): it changes no result, so adding it
 to a resumed run or study does not make its finished runs look changed. One run per folder, so that
 `tensorboard --logdir DIR` lists them side by side: `cifarlab train --out runs/NAME` writes to
-DIR/NAME, a study's runs to DIR/<experiment>/seed-<k>. A resumed run adds its new epochs to the same
-folder. Written from the history rows (train.train's `on_epoch`), never from inside the loop.
+DIR/NAME, a study's runs to DIR/<study folder's name>/<experiment>/seed-<k>. A resumed run adds its
+new epochs to the same folder. Written from the history rows (train.train's `on_epoch`), never from
+inside the loop.
 Needs the `tensorboard` package, which torch.utils.tensorboard uses: the `tensorboard` extra.
 """
 from __future__ import annotations

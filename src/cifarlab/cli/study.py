@@ -27,8 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--report", action="store_true", help="write the report when the runs are done")
     p.add_argument("--tensorboard", metavar="DIR", help="also write each run's per-epoch losses, accuracies and "
                                                         "learning rate as TensorBoard scalars into "
-                                                        "DIR/<experiment>/seed-<k> (needs the tensorboard extra); "
-                                                        "not a setting of the runs")
+                                                        "DIR/<study folder's name>/<experiment>/seed-<k> (needs the "
+                                                        "tensorboard extra); not a setting of the runs")
     p.set_defaults(func=run)
 
 
