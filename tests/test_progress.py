@@ -171,3 +171,14 @@ def test_without_the_tensorboard_package_the_flag_is_one_line_with_the_install_h
         assert result.code == EXIT_BAD_INPUT and len(result.err_lines) == 1, result.err
         assert "pip install 'cifarlab[tensorboard]'" in result.err
     assert not out.exists() and not (tmp_path / "tb").exists() and not (tmp_path / "study").exists()
+
+
+def test_a_tensorboard_folder_that_cannot_be_made_is_one_line_before_anything_trains(cli, tiny_folder, tmp_path,
+                                                                                     tensorboard):
+    (tmp_path / "file").write_text("not a folder")
+    for argv, name in ((("train", "--data", tiny_folder.root, "--out", tmp_path / "run", *RUN), "run"),
+                       (("study", spec(tmp_path / "s.toml", tiny_folder.root), "--out", tmp_path / "study"), "study")):
+        result = cli(*argv, "--tensorboard", tmp_path / "file" / "tb")
+        assert result.code == EXIT_BAD_INPUT and len(result.err_lines) == 1, result.err
+        assert f"--tensorboard: cannot create '{tmp_path / 'file' / 'tb' / name}'" in result.err
+        assert "Epoch" not in result.out and not list(tmp_path.glob(f"*{name}*"))

@@ -209,17 +209,17 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
         raise ConfigError(f"--jobs must be >= 1 or auto, got {jobs}")
     from cifarlab.models.external import source_change
 
-    if tensorboard is not None:
-        from cifarlab.tensorboard_log import require_tensorboard
-
-        require_tensorboard()
     params = check_models(spec)
     folder = Path(out) if out is not None else Path("runs") / spec.name
     problem = out_problem(folder)
     if problem:
         raise ConfigError(problem)
+    tb = None
+    if tensorboard is not None:
+        from cifarlab.tensorboard_log import prepare
+
+        tb = prepare(Path(tensorboard) / folder.resolve().name)
     folder.mkdir(parents=True, exist_ok=True)
-    tb = Path(tensorboard) / folder.resolve().name if tensorboard is not None else None
     with FolderLock(folder), open_store(folder, storage, spec.name) as store:
         previous = store.meta()
         if previous.get("name") not in (None, spec.name):

@@ -30,13 +30,24 @@ def require_tensorboard() -> None:
                           "(or pip install tensorboard)") from None
 
 
+def prepare(folder: str | os.PathLike) -> Path:
+    """Check, before any training, what writing scalars into `folder` needs: the package and the folder
+    (made now: one that cannot be would otherwise stop a run after its first epoch). One line if not."""
+    require_tensorboard()
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--tensorboard: cannot create '{folder}' ({exc.strerror})") from None
+    return folder
+
+
 class EpochScalars:
     """An `on_epoch(row)` callback writing a history row's metrics at step = epoch into `folder`."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        require_tensorboard()  # now, before any training
-        self.folder = Path(folder)
-        self.writer = None  # made at the first epoch: a run refused before training leaves no folder
+        self.folder = prepare(folder)
+        self.writer = None  # made at the first epoch: a run refused before training leaves no event file
 
     def __call__(self, row: dict) -> None:
         if self.writer is None:
