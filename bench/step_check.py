@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=os.environ.get("CIFARLAB_DATA"), help="real CIFAR-10 (default $CIFARLAB_DATA)")
     p.add_argument("--budget-s", type=float, default=360, help="skip runs that would end after this many seconds")
     p.add_argument("--work", type=Path, help="run folders and random data (default: a temp folder)")
+    p.add_argument("--skip-tests", action="store_true", help="the CUDA tests already ran (e.g. in an earlier call)")
     args = p.parse_args(argv)
 
     import torch
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     check.say(f"step check on {torch.cuda.get_device_name()} (torch {torch.__version__}), "
               f"budget {args.budget_s:.0f} s, work in {work}")
-    check.tests()
+    if not args.skip_tests:
+        check.tests()
 
     from cifarlab.data import load_cifar10
     from fake_data import main as write_fake_data

@@ -401,11 +401,16 @@ class TrainConfig(Settings):
     device: str = setting("auto", "auto (cuda when available) | cpu | cuda | cuda:N", check=_device_problem,
                           metavar="DEVICE", group="run")
     precision: Precision = setting("auto", "auto = bf16 autocast on CUDA, fp32 on CPU", group="run")
-    compile: Compile = setting("auto", "torch.compile mode; auto = on with CUDA, off on CPU", group="run")
-    # auto = off until the H100 measures compile + training time per mode; on a CPU, "on" warns and
-    # runs uncaptured (issue 11).
+    # auto = off, also on CUDA: on an H100 (bench/results/2026-11-27-h100-step) inductor saved 0.4 s of a
+    # 3.4 s captured budget-net run and cost 3.5 s of compile with a warm cache (~30 s cold); uncaptured,
+    # compiled training was slower than eager (15.8 s against 12.6 s).
+    compile: Compile = setting("auto", "torch.compile mode; auto = off (measured slower in total for these "
+                                       "small nets, see BENCHMARKS.md)", group="run")
+    # auto = on with CUDA: the captured step took budget-net from 12.6 s (eager) to 3.1 s of training on an
+    # H100 with the same accuracy (bench/results/2026-11-27-h100-step). On a CPU there is nothing to
+    # capture; "on" there warns and trains uncaptured.
     cuda_graph: Switch = setting("auto", "capture the whole training step (forward, backward, update, EMA, "
-                                         "metrics) as one CUDA graph; auto = off until measured", group="run")
+                                         "metrics) as one CUDA graph; auto = on with CUDA", group="run")
     tta: bool = setting(False, "also report flip test-time-augmented accuracy (and 6 views at the end)",
                         group="run")
     ema: float = setting(0.0, "weight EMA decay per step (0 = off); evaluation then uses the EMA weights",

@@ -171,9 +171,9 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-# --jobs auto with CUDA: processes per GPU. Several processes hide each other's host time (Python,
-# launches) on one GPU: the 2026-11-27 H100 session ran 8 at once at 100% utilisation. Not yet
-# measured against 1, 2 and 8: `bash bench/gpu.sh jobs` gives runs per minute at each; until then 4.
+# --jobs auto with CUDA: processes per GPU. Several processes hide each other's setup and host time on
+# one GPU. Measured on an H100 with the captured step (8 budget-net runs, BENCHMARKS.md): 6.5 runs per
+# minute with 2 processes, 8.0 with 4, 8.1 with 8; 4 is as fast as 8 with half the memory.
 CUDA_JOBS = 4
 
 

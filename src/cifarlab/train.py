@@ -203,8 +203,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     """
     device = resolve_device(cfg.device)
     use_cuda = device.type == "cuda"
-    # auto stays off until the H100 measures which mode gives the shortest compile + training time.
-    graph = cfg.cuda_graph == "on"
+    graph = cfg.cuda_graph == "on" or (cfg.cuda_graph == "auto" and use_cuda)
     if use_cuda:
         torch.backends.cudnn.benchmark = True
         if device.index is not None:
@@ -227,7 +226,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
 
         lr_find = auto_lr(model, data.train, cfg, device, autocast, fmt, log)
         cfg = replace(cfg, optim=replace(cfg.optim, lr=lr_find.suggestion))
-    mode = COMPILE_MODES[cfg.compile] if cfg.compile != "auto" else ("default" if use_cuda else None)
+    mode = COMPILE_MODES["off" if cfg.compile == "auto" else cfg.compile]
     if graph:
         mode = GRAPHED_COMPILE_MODES.get(mode, mode)
     compiled = mode is not None
