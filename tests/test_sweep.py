@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import random_image, save_png
+from conftest import save_png, write_image_folder
 from postgres import postgres_url  # noqa: F401 - a fixture
 from cifarlab.data import CLASSES
 
@@ -34,12 +34,7 @@ HOPELESS_LR = 1e-7  # learns nothing in a few epochs: validation accuracy stays 
 
 def make_data(root: Path, n_train: int = 20, n_test: int = 4, seed: int = 0) -> Path:
     """train/<class>/*.png that a tiny net can learn (brightness follows the class), and a small test/."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for label, cls in enumerate(CLASSES):
-            for i in range(n):
-                save_png(root / split / cls / f"{i:03d}.png", random_image(rng, label))
-    return root
+    return write_image_folder(root, n_train, n_test, seed)
 
 
 def poison_test_split(clean: Path, out: Path) -> Path:

@@ -112,7 +112,7 @@ TTA_VIEWS: dict[str, tuple[tuple[int, int, bool], ...]] = {
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000, tta: bool | str = False,
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, tta: bool | str = False,
             autocast: Callable = nullcontext, memory_format: torch.memory_format | None = None) -> torch.Tensor:
     """Logits (N, classes) in float32, averaged over the TTA views (`True` means "flip").
 
