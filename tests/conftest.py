@@ -62,6 +62,16 @@ def write_image_folder(root: Path, n_train: int = 6, n_test: int = 2, seed: int 
     return root
 
 
+# The [train] table of the tests' tiny study specs: one epoch, small batches, on the CPU, uncompiled.
+TINY_TRAIN = """[train]
+epochs = 1
+batch_size = 16
+augment = "none"
+device = "cpu"
+compile = "off"
+"""
+
+
 @dataclass
 class TinyFolder:
     """A generated image-folder copy of CIFAR-10: `root/{train,test}/<class>/NNN.png`."""
