@@ -535,9 +535,9 @@ class SweepOptions(Settings):
     warmup_epochs: int = setting(1, "median: epochs every trial trains before it may be pruned", ge=0)
     min_epochs: int = setting(1, "hyperband: epochs of the smallest bracket", ge=1)
     reduction_factor: int = setting(3, "hyperband: 1/fraction of trials promoted at each rung", ge=2)
-    heartbeat: int = setting(10, "database storage: seconds between a running trial's heartbeats", ge=1)
-    grace: int = setting(60, "database storage: seconds without a heartbeat before a trial counts as dead "
-                             "and is retried", ge=1)
+    heartbeat: int = setting(10, "PostgreSQL or Redis storage: seconds between a running trial's heartbeats", ge=1)
+    grace: int = setting(60, "PostgreSQL or Redis storage: seconds without a heartbeat before a trial counts "
+                             "as dead and is retried", ge=1)
     final_seeds: int = setting(0, "retrain the winner on all training images with this many fresh seeds "
                                   "and report its test accuracy; --final-seeds", ge=0)
 

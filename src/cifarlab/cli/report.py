@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
                                    "DIR/report.html (self-contained) and DIR/report.md (+ DIR/report-files/).")
     p.add_argument("folder", metavar="DIR", help="study folder (holds store.sqlite) or sweep folder (sweep.json)")
     p.add_argument("--storage", metavar="URL", help="the PostgreSQL URL a sweep or a shared study (study --storage) "
-                                                    "is stored in; DIR is a folder that took part in it")
+                                                    "is stored in, or a sweep's Redis URL; DIR is a folder that "
+                                                    "took part in it")
     p.add_argument("--data", metavar="DIR",
                    help="CIFAR-10 folder for the misclassified-image grids (default: $CIFARLAB_DATA, then "
                         "./data; never the folder recorded in the study)")

@@ -1,15 +1,16 @@
-"""Where a search lives: Optuna's journal file in the sweep folder (one machine), or a PostgreSQL URL (many).
+"""Where a search lives: Optuna's journal file in the sweep folder (one machine), or a PostgreSQL or Redis URL.
 
 Optuna's storage is the only coordination point. Two things are added on top of it:
 
 - a claim lock around "count the trials, ask for the next one", so that any number of workers stop at
   exactly the requested trial count (Optuna's MaxTrialsCallback lets each worker overshoot by the
   trials the others have in flight): a file lock beside the journal, a PostgreSQL advisory lock on a
-  database;
+  database, a lock key in Redis;
 - dead workers: on a database, Optuna's heartbeat marks a trial whose worker stopped beating as failed
   and its RetryHeartbeatStaleTrialCallback queues the same parameters again. The journal has no
   heartbeat, but all its workers share one machine, so a running trial whose process no longer exists
-  is failed and retried the same way, at once.
+  is failed and retried the same way, at once. Redis (storage_redis) keeps a key per worker that
+  expires when the worker stops renewing it.
 """
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ class PostgresStorage(SweepStorage):
         try:
             self.optuna = _rdb_storage(url, options)
         except ImportError:
-            raise ConfigError("--storage postgresql:// needs a PostgreSQL driver: pip install 'cifarlab[sweep]'") from None
+            raise ConfigError("--storage postgresql:// needs a PostgreSQL driver: "
+                              "pip install 'cifarlab[sweep]'") from None
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: unreachable server, bad credentials
             raise ConfigError(f"--storage: cannot open '{display_url(url)}': {error_line(exc, url)}") from None
         self.where = display_url(url)
@@ -139,9 +141,19 @@ class PostgresStorage(SweepStorage):
         return sorted(retried_numbers(study.get_trials(deepcopy=False)) - before)
 
 
+def _redis(url: str, options: SweepOptions) -> SweepStorage:
+    try:
+        from cifarlab.sweep.storage_redis import RedisStorage  # imports redis-py: only for a redis:// URL
+    except ImportError:
+        raise ConfigError("--storage redis:// needs the redis package: pip install 'cifarlab[sweep]'") from None
+    return RedisStorage(url, options)
+
+
 # URL scheme (before any "+driver") -> the storage that serves it.
 STORAGES: dict[str, Callable[[str, SweepOptions], SweepStorage]] = {
     "postgresql": PostgresStorage,
+    "redis": _redis,
+    "rediss": _redis,  # Redis over TLS
 }
 
 
@@ -151,7 +163,7 @@ def open_storage(folder: Path, url: str | None, options: SweepOptions) -> SweepS
         return JournalFileStorage(folder)
     maker = STORAGES.get(urlsplit(url).scheme.split("+")[0])
     if maker is None:
-        raise ConfigError(f"--storage: '{display_url(url)}' is not a postgresql:// URL (leave "
+        raise ConfigError(f"--storage: '{display_url(url)}' is not a postgresql:// or redis:// URL (leave "
                           "--storage out for the journal file in the sweep folder)")
     return maker(url, options)
 
