@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 SHARED_DATA ?= ../shared/data/cifar10
 export CIFARLAB_DATA ?= $(CURDIR)/data
 
-.PHONY: demo test install data browser postgres bench clean
+.PHONY: demo test install data browser postgres redis bench clean
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,15 @@ postgres:
 			|| echo "postgres: could not install postgresql; the PostgreSQL test will be skipped"; \
 		else echo "postgres: not root, postgresql not installed; the PostgreSQL test will be skipped"; fi; }
 
+# Redis for the many-machine sweep test on Optuna's Redis journal (Debian's package; needs root). The suite
+# starts its own server on a free port in a temporary folder; a system service the package starts is unused.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
+			|| echo "redis: could not install redis-server; the Redis test will be skipped"; \
+		else echo "redis: not root, redis-server not installed; the Redis test will be skipped"; fi; }
+
 # With a GPU: the normalisation study (3 norms x 5 seeds). Without: what augmentation does to overfitting
 # (s8-net, 2 experiments x 3 seeds, about 5 minutes on 2 cores).
 demo: install data
@@ -63,7 +72,7 @@ demo: install data
 	$(BIN)/cifarlab study $$spec --out runs/demo-$$(basename $$spec .toml) --report && \
 	echo "results: runs/demo-$$(basename $$spec .toml)/ (open report.html)"
 
-test: install data browser postgres
+test: install data browser postgres redis
 	$(BIN)/python -m pytest -q
 
 bench: install data

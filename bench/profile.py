@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         print("bench/profile.py: steps are marked by optimizer-step hooks, which a captured step "
               "(--cuda-graph on) never calls; use bench/step_check.py for its timings", file=sys.stderr)
         return 2
+    if "--cuda-graph" not in train_args:  # auto captures on CUDA; profile the uncaptured step
+        train_args += ["--cuda-graph", "off"]
     tmp = None
     if "--out" not in train_args:
         tmp = tempfile.TemporaryDirectory(prefix="cifarlab-profile-")

@@ -18,6 +18,8 @@ Runs go in priority order and each in its own process, so a crash or a broken CU
 line. One that would not fit in what is left of --budget-s is skipped with a line. Compiled runs share
 inductor's on-disk cache: the first compiled run of a model pays the cold compile, later ones less.
 
+Setup s (model and data) and save s (weights, predictions, Grad-CAM) come from each run's meta; the rest of
+the wall time is the process: interpreter, imports, CUDA context.
 RESULTS receives step_check.md (the table), step_check.log (every command and its output) and
 histories.json (every run's history and meta); run folders go to --work.
 """
@@ -148,7 +150,8 @@ class Check:
         warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning")]
         row.update(epochs=len(rows), loop_s=loop, train_s=meta["train_seconds"], warmup_s=meta["warmup_seconds"],
                    ms_step=1000 * loop / (meta["steps_per_epoch"] * len(rows)), test_acc=rows[-1]["test_acc"],
-                   wall_s=wall, graph=meta.get("cuda_graph"), compiled=meta.get("compiled"),
+                   wall_s=wall, setup_s=meta.get("setup_seconds"), save_s=meta.get("save_seconds"),
+                   graph=meta.get("cuda_graph"), compiled=meta.get("compiled"),
                    note="; ".join(w.removeprefix("warning: ").split("; training without")[0][:90] for w in warnings))
         self.rows.append(row)
         self.say(f"{tag}: {row['loop_s']:.2f} s loop, {row['train_s']:.2f} s with evaluation, "
@@ -160,12 +163,13 @@ class Check:
             return format(row[key], fmt) if row.get(key) is not None else "-"
 
         lines = ["| data | model | mode | epochs | train s (loop) | train s (+eval) | warm-up/compile s | ms/step "
-                 "| test % | wall s | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "| test % | setup s | save s | wall s | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             acc = f"{100 * r['test_acc']:.2f}" if r.get("test_acc") is not None else "-"
             lines.append(f"| {r['data']} | {r['model']} | {r['mode']} | {r['epochs']} | {f(r, 'loop_s', '.2f')} | "
                          f"{f(r, 'train_s', '.2f')} | {f(r, 'warmup_s', '.1f')} | {f(r, 'ms_step', '.2f')} | {acc} | "
-                         f"{f(r, 'wall_s', '.0f')} | {r.get('note', '')} |")
+                         f"{f(r, 'setup_s', '.1f')} | {f(r, 'save_s', '.1f')} | {f(r, 'wall_s', '.0f')} | "
+                         f"{r.get('note', '')} |")
         return "\n".join(lines)
 
 
@@ -175,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=os.environ.get("CIFARLAB_DATA"), help="real CIFAR-10 (default $CIFARLAB_DATA)")
     p.add_argument("--budget-s", type=float, default=360, help="skip runs that would end after this many seconds")
     p.add_argument("--work", type=Path, help="run folders and random data (default: a temp folder)")
+    p.add_argument("--skip-tests", action="store_true", help="the CUDA tests already ran (e.g. in an earlier call)")
     args = p.parse_args(argv)
 
     import torch
@@ -188,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     check.say(f"step check on {torch.cuda.get_device_name()} (torch {torch.__version__}), "
               f"budget {args.budget_s:.0f} s, work in {work}")
-    check.tests()
+    if not args.skip_tests:
+        check.tests()
 
     from cifarlab.data import load_cifar10
     from fake_data import main as write_fake_data

@@ -52,6 +52,26 @@ def random_image(rng: np.random.Generator, label: int, shape: tuple[int, ...] = 
     return (base + 12 * label).clip(0, 255).astype(np.uint8)
 
 
+def write_image_folder(root: Path, n_train: int = 6, n_test: int = 2, seed: int = 0) -> Path:
+    """`root/{train,test}/<class>/NNN.png`: n_train and n_test learnable random images per class."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for label, cls in enumerate(CLASSES):
+            for i in range(n):
+                save_png(root / split / cls / f"{i:03d}.png", random_image(rng, label))
+    return root
+
+
+# The [train] table of the tests' tiny study specs: one epoch, small batches, on the CPU, uncompiled.
+TINY_TRAIN = """[train]
+epochs = 1
+batch_size = 16
+augment = "none"
+device = "cpu"
+compile = "off"
+"""
+
+
 @dataclass
 class TinyFolder:
     """A generated image-folder copy of CIFAR-10: `root/{train,test}/<class>/NNN.png`."""
@@ -72,13 +92,7 @@ def make_folder(tmp_path: Path) -> Callable[..., TinyFolder]:
     """
 
     def make(name: str = "data", n_train: int = 6, n_test: int = 2, seed: int = 0) -> TinyFolder:
-        rng = np.random.default_rng(seed)
-        root = tmp_path / name
-        for split, n in (("train", n_train), ("test", n_test)):
-            for label, cls in enumerate(CLASSES):
-                for i in range(n):
-                    save_png(root / split / cls / f"{i:03d}.png", random_image(rng, label))
-        return TinyFolder(root, n_train, n_test)
+        return TinyFolder(write_image_folder(tmp_path / name, n_train, n_test, seed), n_train, n_test)
 
     return make
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import numpy as np
-
-from conftest import random_image, save_png
-from cifarlab.data import CLASSES
+from conftest import write_image_folder
 
 FAST = {"device": "cpu", "compile": "off", "augment": "none", "batch_size": 16, "epochs": 1, "log": None}
 
@@ -38,13 +35,8 @@ class Net(nn.Module):
 
 
 def write_data(root: Path, n_train: int = 8, n_test: int = 4, seed: int = 0) -> Path:
-    """A tiny image-folder CIFAR-10 (conftest's layout) at `root`."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for label, cls in enumerate(CLASSES):
-            for i in range(n):
-                save_png(root / split / cls / f"{i:03d}.png", random_image(rng, label))
-    return root
+    """A tiny image-folder CIFAR-10 at `root`, 8 train and 4 test images per class by default."""
+    return write_image_folder(root, n_train, n_test, seed)
 
 
 def write_model_file(folder: Path, marker: Path) -> Path:

@@ -27,7 +27,7 @@ def binaries() -> Path | None:
     return Path(initdb).parent if initdb and shutil.which("pg_ctl") else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -47,7 +47,7 @@ class Server:
         self.dir = Path(tempfile.mkdtemp(prefix="cifarlab-pg-"))
         if self.as_root:
             shutil.chown(self.dir, "postgres", "postgres")
-        self.port = _free_port()
+        self.port = free_port()
         data, log = self.dir / "data", self.dir / "log"
         self._run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"

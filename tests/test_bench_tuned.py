@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_TRAIN
+
 pytest.importorskip("optuna", reason="the [sweep] extra is not installed")
 
 from cifarlab.study import load_spec  # noqa: E402
@@ -34,13 +36,7 @@ val = 40
 [model]
 name = "budget-net"
 options = {{ w1 = 8, w2 = 8, w3 = 8, stem = 8, norm = "{norm}" }}
-[train]
-epochs = 1
-batch_size = 16
-augment = "none"
-device = "cpu"
-compile = "off"
-[sweep]
+{TINY_TRAIN}[sweep]
 trials = 2
 pruner = "none"
 random_trials = 2

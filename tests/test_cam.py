@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from conftest import TINY_TRAIN
 from explain_helpers import train_run, write_data, write_model_file
 from test_cli import assert_one_line_error
 
@@ -182,13 +183,7 @@ subset = 60
 [model]
 name = "s8-net"
 options = {{ width = 8 }}
-[train]
-epochs = 1
-batch_size = 16
-augment = "none"
-device = "cpu"
-compile = "off"
-[[experiments]]
+""" + TINY_TRAIN + """[[experiments]]
 name = "{name}"
 """
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CliResult, write_batches
+from conftest import CliResult, TINY_TRAIN, write_batches
 
 from cifarlab.config import ModelConfig, RunConfig, TrainConfig, to_dict
 from cifarlab.store import RunRecord, Store
@@ -170,13 +170,7 @@ root = "{data}"
 subset = 40
 [model]
 options = {{ width = 8 }}
-[train]
-epochs = 1
-batch_size = 16
-augment = "none"
-device = "cpu"
-compile = "off"
-{extra}
+{TINY_TRAIN}{extra}
 [[experiments]]
 name = {json.dumps(experiment)}
 """)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_TRAIN
 from explain_helpers import write_data
 from test_cli import FAST, SMALL, assert_one_line_error
 
@@ -205,13 +206,7 @@ root = "{root}"
 [model]
 name = "s8-net"
 options = {{ width = 8 }}
-[train]
-epochs = 1
-batch_size = 16
-augment = "none"
-device = "cpu"
-compile = "off"
-optim = {{ lr = {lr} }}
+""" + TINY_TRAIN + """optim = {{ lr = {lr} }}
 [[experiments]]
 name = "auto"
 """

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, write_batches
+from conftest import REPO, TINY_TRAIN, write_batches
 from test_cli import FAST, assert_no_run_left, assert_one_line_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -236,13 +236,7 @@ seeds = 1
 max_params = 50000
 [model]
 name = "models/mynet.py:Net"
-[train]
-epochs = 1
-batch_size = 16
-augment = "none"
-device = "cpu"
-compile = "off"
-[[experiments]]
+""" + TINY_TRAIN + """[[experiments]]
 name = "bn"
 baseline = true
 model = {{ options = {{ norm = "bn" }} }}

@@ -287,6 +287,24 @@ model = { options = { norm = "gn" } }
         assert sorted(r.experiment for r in store.runs()) == ["bn", "gn"]
 
 
+def test_runs_in_one_process_share_one_copy_of_the_data_and_never_write_into_it(tmp_path, tiny_data):
+    import torch
+
+    from cifarlab.study import _run_one, _study_data, with_seed
+
+    # crop + flip augmentation and alternating flips: the paths that could write into the images
+    spec = load_spec(write_spec(tmp_path / "s.toml", tiny_data, 'train = { augment = "crop", alt_flip = true }'))
+    cfg = with_seed(spec.experiments[0].config, 0)
+    data = _study_data(cfg)
+    before = data.train.x.clone(), data.test.x.clone()
+    first = _run_one("bn", 0, cfg, tmp_path / "a")
+    assert _study_data(cfg) is data
+    assert torch.equal(data.train.x, before[0]) and torch.equal(data.test.x, before[1])
+    second = _run_one("bn", 0, cfg, tmp_path / "b")  # same seed, same shared copy: the same run again
+    assert [r["train_loss"] for r in second.history] == [r["train_loss"] for r in first.history]
+    assert second.test_acc == first.test_acc
+
+
 def test_pool_workers_keep_one_gpu_each_and_leave_explicit_devices_alone(monkeypatch):
     import queue
 

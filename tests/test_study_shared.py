@@ -7,23 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import random_image, save_png
+from conftest import write_image_folder
 from postgres import postgres_url  # noqa: F401 - a fixture
-from cifarlab.data import CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.postgres
 
 
 def test_three_workers_do_each_run_once_and_the_report_reads_them_back(tmp_path, postgres_url, cli):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 12), ("test", 3)):
-        for label, cls in enumerate(CLASSES):
-            for i in range(n):
-                save_png(tmp_path / "data" / split / cls / f"{i:03d}.png", random_image(rng, label))
+    write_image_folder(tmp_path / "data", n_train=12, n_test=3)
     spec = tmp_path / "s.toml"
     spec.write_text(f"""
 name = "shared"

@@ -1,12 +1,14 @@
 """cifarlab sweep: spec errors before anything runs, pruning, trials that never see the test set, the winner's
-final seeds, the report, the journal file resumed after a kill, and a PostgreSQL search shared by three workers
-one of which is killed mid-trial. Tiny runs: s8-net width 8 on a few hundred generated images, CPU."""
+final seeds, the report, the journal file resumed after a kill, and a PostgreSQL and a Redis search each shared
+by three workers one of which is killed mid-trial. Tiny runs: s8-net width 8 on a few hundred generated images,
+CPU."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import random_image, save_png
-from postgres import postgres_url  # noqa: F401 - a fixture
+from conftest import save_png, write_image_folder
+from postgres import free_port, postgres_url  # noqa: F401 - a fixture
+from redis_server import PASSWORD, redis_url  # noqa: F401 - a fixture
 from cifarlab.data import CLASSES
 
 optuna = pytest.importorskip("optuna", reason="the [sweep] extra is not installed")
@@ -34,12 +37,7 @@ HOPELESS_LR = 1e-7  # learns nothing in a few epochs: validation accuracy stays 
 
 def make_data(root: Path, n_train: int = 20, n_test: int = 4, seed: int = 0) -> Path:
     """train/<class>/*.png that a tiny net can learn (brightness follows the class), and a small test/."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for label, cls in enumerate(CLASSES):
-            for i in range(n):
-                save_png(root / split / cls / f"{i:03d}.png", random_image(rng, label))
-    return root
+    return write_image_folder(root, n_train, n_test, seed)
 
 
 def poison_test_split(clean: Path, out: Path) -> Path:
@@ -186,10 +184,10 @@ def test_sweep_options_and_validation_split_are_checked(tmp_path, data, cli, tex
     assert res.code == 2 and len(res.err_lines) == 1 and needle in res.err, res.err
 
 
-def test_only_postgresql_urls_are_accepted(tmp_path, data, cli):
+def test_only_postgresql_and_redis_urls_are_accepted(tmp_path, data, cli):
     spec = write(tmp_path / "s.toml", spec_text(data))
     res = cli("sweep", spec, "--out", tmp_path / "out", "--storage", "mysql://u:secret@db/x")
-    assert res.code == 2 and len(res.err_lines) == 1 and "is not a postgresql:// URL" in res.err
+    assert res.code == 2 and len(res.err_lines) == 1 and "is not a postgresql:// or redis:// URL" in res.err
     assert "secret" not in res.err  # passwords never reach a log line
 
 
@@ -462,3 +460,85 @@ def test_three_workers_share_one_postgres_search_and_a_killed_ones_trial_is_retr
     res = cli("report", tmp_path / "m0", "--storage", postgres_url)
     assert res.code == 0, res.err
     assert "Best trials" in (tmp_path / "m0" / "report.html").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis: the same, on Optuna's Redis journal, where a worker's key that expires stands for the heartbeat
+
+
+@pytest.mark.redis
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # JournalRedisBackend, below
+def test_three_workers_share_one_redis_search_and_a_killed_ones_trial_is_retried(tmp_path, data, redis_url, cli):
+    import redis
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalRedisBackend
+
+    from cifarlab.sweep.storage_redis import worker_key
+
+    heartbeat, grace = 1, 3
+    spec = write(tmp_path / "s.toml", spec_text(data, sweep=f"heartbeat = {heartbeat}\ngrace = {grace}"))
+    procs, logs = [], []
+    for i in range(3):  # separate folders, as on separate machines: only Redis is shared
+        logs.append(tmp_path / f"worker{i}.log")
+        with logs[-1].open("w") as fh:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "cifarlab", "sweep", str(spec), "--out", str(tmp_path / f"m{i}"),
+                 "--storage", redis_url], env=env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
+    storage = JournalStorage(JournalRedisBackend(redis_url))
+    try:
+        def load():
+            return optuna.load_study(study_name="t", storage=storage)
+
+        victim_pid = wait_for(lambda: running_worker_pid(load, *logs), 180, "a trial to start")
+        victim = next(p for p in procs if p.pid == victim_pid)
+        victim.kill()  # SIGKILL: its key is left to expire
+        victim.wait()
+        # Nothing renews the victim's key any more: it expires this many ms from now.
+        ttl_ms = redis.Redis.from_url(redis_url).pttl(worker_key(f"{socket.gethostname()}:{victim_pid}"))
+        expires_at = time.time() + ttl_ms / 1000
+        for p in procs:
+            assert p.wait(timeout=600) in (0, -signal.SIGKILL)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    trials = load().get_trials(deepcopy=False)
+    check_finished(trials, total=6, killed=1)
+    check_each_ran_once(trials, started_numbers(*(log.read_text() for log in logs)))
+    assert all(p.returncode == 0 for p in procs if p is not victim)
+    [dead] = [t for t in trials if t.state == TrialState.FAIL]
+    assert dead.user_attrs["worker"].endswith(f":{victim_pid}") and "stopped beating" in dead.user_attrs["fail_reason"]
+    if ttl_ms > 0:  # (else the victim's beats had been starved and its key was gone already)
+        assert dead.datetime_complete.timestamp() >= expires_at - 0.05  # failed once its key expired, not before
+
+    # Every folder that took part reads the whole search back.
+    assert len(trials_of(tmp_path / "m2", redis_url)) == len(trials)
+    res = cli("report", tmp_path / "m0", "--storage", redis_url)
+    assert res.code == 0, res.err
+    assert "Best trials" in (tmp_path / "m0" / "report.html").read_text()
+
+    changed = write(tmp_path / "c.toml", spec_text(data, epochs=5, sweep=f"heartbeat = {heartbeat}\ngrace = {grace}"))
+    res = cli("sweep", changed, "--out", tmp_path / "m9", "--storage", redis_url)
+    assert res.code == 2 and len(res.err_lines) == 1 and "started from a different spec" in res.err
+    res = cli("sweep", spec, "--out", tmp_path / "m9", "--storage", redis_url.replace(PASSWORD, "wrong-password"))
+    assert res.code == 2 and len(res.err_lines) == 1 and "cannot open" in res.err and "wrong-password" not in res.err
+
+    # The password never reaches a log line, sweep.json or a report.
+    written = [log.read_text() for log in logs] + [p.read_text() for p in tmp_path.glob("m*/sweep.json")] + \
+        [(tmp_path / "m0" / name).read_text() for name in ("report.html", "report.md")]
+    assert all(PASSWORD not in text for text in written)
+    assert ":***@127.0.0.1" in (tmp_path / "m0" / "sweep.json").read_text()
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("redis://:secret@127.0.0.1:{port}/0", "Connection refused"),
+    ("redis://:secret@127.0.0.1:notaport/0", "cannot open"),
+    ("redis://:secret@127.0.0.1:{port}/first", "the database after the host is a number"),
+])
+def test_an_unreachable_or_bad_redis_url_is_one_line(tmp_path, data, cli, url, needle):
+    pytest.importorskip("redis", reason="the [sweep] extra is not installed")
+    spec = write(tmp_path / "s.toml", spec_text(data))
+    res = cli("sweep", spec, "--out", tmp_path / "out", "--storage", url.format(port=free_port()))
+    assert res.code == 2 and len(res.err_lines) == 1 and needle in res.err, res.err
+    assert "secret" not in res.err and ":***@127.0.0.1" in res.err

@@ -493,8 +493,8 @@ def test_predict_averages_the_logits_of_its_views():
         views = [model(_translate(x.flip(3) if m else x, dy, dx)) for dy, dx, m in TTA_VIEWS["flip-shift"]]
     assert len(views) == 6
     torch.testing.assert_close(predict(model, x, batch_size=4, tta="flip-shift"), torch.stack(views).mean(0))
-    torch.testing.assert_close(predict(model, x, tta=True), (model(x) + model(x.flip(3))).detach() / 2)
-    torch.testing.assert_close(predict(model, x), model(x).detach())
+    torch.testing.assert_close(predict(model, x, 64, tta=True), (model(x) + model(x.flip(3))).detach() / 2)
+    torch.testing.assert_close(predict(model, x, 64), model(x).detach())
 
 
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("adam", 0.002), ("adamw", 0.002)])

@@ -428,11 +428,16 @@ class TrainConfig(Settings):
     device: str = setting("auto", "auto (cuda when available) | cpu | cuda | cuda:N", check=_device_problem,
                           metavar="DEVICE", group="run")
     precision: Precision = setting("auto", "auto = bf16 autocast on CUDA, fp32 on CPU", group="run")
-    compile: Compile = setting("auto", "torch.compile mode; auto = on with CUDA, off on CPU", group="run")
-    # auto = off until the H100 measures compile + training time per mode; on a CPU, "on" warns and
-    # runs uncaptured (issue 11).
+    # auto = off, also on CUDA: on an H100 (bench/results/2026-11-27-h100-step) inductor saved 0.4 s of a
+    # 3.4 s captured budget-net run and cost 3.5 s of compile with a warm cache (~30 s cold); uncaptured,
+    # compiled training was slower than eager (15.8 s against 12.6 s).
+    compile: Compile = setting("auto", "torch.compile mode; auto = off (measured slower in total for these "
+                                       "small nets, see BENCHMARKS.md)", group="run")
+    # auto = on with CUDA: the captured step took budget-net from 12.6 s (eager) to 3.1 s of training on an
+    # H100 with the same accuracy (bench/results/2026-11-27-h100-step). On a CPU there is nothing to
+    # capture; "on" there warns and trains uncaptured.
     cuda_graph: Switch = setting("auto", "capture the whole training step (forward, backward, update, EMA, "
-                                         "metrics) as one CUDA graph; auto = off until measured", group="run")
+                                         "metrics) as one CUDA graph; auto = on with CUDA", group="run")
     tta: bool = setting(False, "also report flip test-time-augmented accuracy (and 6 views at the end)",
                         group="run")
     ema: float = setting(0.0, "weight EMA decay per step (0 = off); evaluation then uses the EMA weights",
@@ -557,9 +562,9 @@ class SweepOptions(Settings):
     warmup_epochs: int = setting(1, "median: epochs every trial trains before it may be pruned", ge=0)
     min_epochs: int = setting(1, "hyperband: epochs of the smallest bracket", ge=1)
     reduction_factor: int = setting(3, "hyperband: 1/fraction of trials promoted at each rung", ge=2)
-    heartbeat: int = setting(10, "database storage: seconds between a running trial's heartbeats", ge=1)
-    grace: int = setting(60, "database storage: seconds without a heartbeat before a trial counts as dead "
-                             "and is retried", ge=1)
+    heartbeat: int = setting(10, "PostgreSQL or Redis storage: seconds between a running trial's heartbeats", ge=1)
+    grace: int = setting(60, "PostgreSQL or Redis storage: seconds without a heartbeat before a trial counts "
+                             "as dead and is retried", ge=1)
     final_seeds: int = setting(0, "retrain the winner on all training images with this many fresh seeds "
                                   "and report its test accuracy; --final-seeds", ge=0)
 

@@ -1,6 +1,7 @@
 """One experiment end to end: config -> data -> model -> train -> a complete run directory."""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Literal
@@ -98,6 +99,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     an `.incomplete` of other settings; "no": start afresh (resume.choose says what that refuses).
     `overwrite` with "no" starts afresh whatever is there.
     """
+    started = time.perf_counter()
     cfg = replace(cfg, model=resolve(cfg.model))  # a file model's path and sha256 go into config.json
     device = resolve_device(cfg.train.device)
     if model is None:
@@ -122,6 +124,9 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     meta = {"params": count_params(model), "non_trainable_params": count_params(model, trainable=False),
             "classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}
     rows: list[dict] = []
+    # What a run costs besides training (model, data, and afterwards the files and Grad-CAM): in a study
+    # on a GPU it was most of each run's wall time (BENCHMARKS.md, "second window").
+    meta["setup_seconds"] = time.perf_counter() - started
 
     def saved(row: dict) -> None:
         rows.append(row)
@@ -148,13 +153,14 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
             log(f"interrupted: the {len(rows)} finished epoch(s) are kept in {kept}; the same command continues "
                 "from there")
         raise
-    history.meta = {**meta, **history.meta}
-    write_history(rundir.stage, history.rows, history.meta)
+    finished = time.perf_counter()
     save_checkpoint(rundir.stage / "model.pt", model, config,
                     {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)})
     if data.test is not None:  # a sweep trial has no test split
         save_predictions(rundir.stage / "predictions.npz", history.test_logits, data.test.y)
     save_explanations(rundir.stage, model, data, history, layers, log)
+    history.meta = {**meta, **history.meta, "save_seconds": time.perf_counter() - finished}
+    write_history(rundir.stage, history.rows, history.meta)
     (rundir.stage / CHECKPOINT).unlink(missing_ok=True)  # a finished run has model.pt; nothing to continue
     rundir.commit()
     if overwrite and found is None:  # started afresh: an interrupted run into `out` is replaced too

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from cifarlab import signals
 from cifarlab.config import (Budget, RunConfig, SettingError, SpecFile, comparable, folder_name_problem, from_dict,
@@ -24,6 +24,9 @@ from cifarlab.errors import CifarlabError, ConfigError
 from cifarlab.locks import FolderLock
 from cifarlab.safety import clear_stale_stages, out_problem
 from cifarlab.store import RunRecord, Store
+
+if TYPE_CHECKING:
+    from cifarlab.data import DataSplits
 
 
 @dataclass(frozen=True)
@@ -144,12 +147,28 @@ def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: 
     # resume: a run the study was stopped in (.incomplete) or killed in (its stage) goes on from its checkpoint.
     try:
         with signals.interruptible() if _IN_WORKER else nullcontext():
-            history = run_experiment(cfg, folder / rel, overwrite=True, resume="auto", on_epoch=scalars,
-                                     log=None if log is None else lambda line: log(prefix + line))
+            history = run_experiment(cfg, folder / rel, data=_study_data(cfg), overwrite=True, resume="auto",
+                                     on_epoch=scalars, log=None if log is None else lambda line: log(prefix + line))
     finally:
         if scalars is not None:
             scalars.close()
     return RunRecord.of_run(experiment, seed, rel, to_dict(cfg), history.rows, history.meta)
+
+
+_DATA: tuple = (None, None)  # (DataConfig, DataSplits): what this process last loaded for a study run
+
+
+def _study_data(cfg: RunConfig) -> DataSplits:
+    """The run's data, loaded once per process while the runs share one data config (a study's usually do):
+    each later run skips the folder's fingerprint, the cache read and the split (~0.8 s on a 2-core CPU).
+    Training never writes into it (tests/test_study.py checks two runs on one copy)."""
+    from cifarlab.experiment import load_data
+
+    global _DATA
+    if _DATA[0] != cfg.data:
+        _DATA = (None, None)  # let the old copy go before the new one is read
+        _DATA = (cfg.data, load_data(cfg))
+    return _DATA[1]
 
 
 def _start_worker(parent: int, devices) -> None:
@@ -174,9 +193,9 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-# --jobs auto with CUDA: processes per GPU. Several processes hide each other's host time (Python,
-# launches) on one GPU: the 2026-11-27 H100 session ran 8 at once at 100% utilisation. Not yet
-# measured against 1, 2 and 8: `bash bench/gpu.sh jobs` gives runs per minute at each; until then 4.
+# --jobs auto with CUDA: processes per GPU. Several processes hide each other's setup and host time on
+# one GPU. Measured on an H100 with the captured step (8 budget-net runs, BENCHMARKS.md): 6.5 runs per
+# minute with 2 processes, 8.0 with 4, 8.1 with 8; 4 is as fast as 8 with half the memory.
 CUDA_JOBS = 4
 
 

@@ -112,7 +112,7 @@ TTA_VIEWS: dict[str, tuple[tuple[int, int, bool], ...]] = {
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2000, tta: bool | str = False,
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, tta: bool | str = False,
             autocast: Callable = nullcontext, memory_format: torch.memory_format | None = None) -> torch.Tensor:
     """Logits (N, classes) in float32, averaged over the TTA views (`True` means "flip").
 
@@ -206,8 +206,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     """
     device = resolve_device(cfg.device)
     use_cuda = device.type == "cuda"
-    # auto stays off until the H100 measures which mode gives the shortest compile + training time.
-    graph = cfg.cuda_graph == "on"
+    graph = cfg.cuda_graph == "on" or (cfg.cuda_graph == "auto" and use_cuda)
     if use_cuda:
         torch.backends.cudnn.benchmark = True
         if device.index is not None:
@@ -233,7 +232,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         else:
             lr_find = auto_lr(model, data.train, cfg, device, autocast, fmt, log)
         cfg = replace(cfg, optim=replace(cfg.optim, lr=lr_find.suggestion))
-    mode = COMPILE_MODES[cfg.compile] if cfg.compile != "auto" else ("default" if use_cuda else None)
+    mode = COMPILE_MODES["off" if cfg.compile == "auto" else cfg.compile]
     if graph:
         mode = GRAPHED_COMPILE_MODES.get(mode, mode)
     compiled = mode is not None

@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
                                                  "run folder (config.json and history.json, as `cifarlab train` "
                                                  "writes it)")
     p.add_argument("--storage", metavar="URL", help="the PostgreSQL URL a sweep or a shared study (study --storage) "
-                                                    "is stored in; DIR is a folder that took part in it")
+                                                    "is stored in, or a sweep's Redis URL; DIR is a folder that "
+                                                    "took part in it")
     p.add_argument("--data", metavar="DIR",
                    help="CIFAR-10 folder for the misclassified-image grids (default: $CIFARLAB_DATA, then "
                         "./data; never the folder recorded in the study)")

@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("sweep", help="search hyper-parameters (Optuna) on a validation split; rerun to resume",
                        description="Search the [search] space of a sweep spec (a study spec plus [search]) for the "
                                    "highest final-epoch validation accuracy, pruning hopeless trials. The search "
-                                   "lives in DIR/sweep.journal, or in a PostgreSQL database with --storage, where "
+                                   "lives in DIR/sweep.journal, or in PostgreSQL or Redis with --storage, where "
                                    "any number of machines running the same command join it.")
     p.add_argument("spec", help="sweep spec, e.g. studies/tune/s8-bn.toml")
     p.add_argument("--trials", type=positive_int, help="trials in the whole search, over all workers and reruns "
@@ -29,8 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("--timeout", type=positive_int, metavar="S", help="start no new trial after S seconds")
     p.add_argument("--seed", type=non_negative_int, help="TPE sampler seed (default: the spec's)")
     p.add_argument("--jobs", type=positive_int, default=1, help="worker processes on this machine (default 1)")
-    p.add_argument("--storage", metavar="URL", help="postgresql://user:password@host/db shared by every worker "
-                                                    "(default: DIR/sweep.journal, this machine only)")
+    p.add_argument("--storage", metavar="URL", help="postgresql://user:password@host/db or redis://host:port/db "
+                                                    "shared by every worker (default: DIR/sweep.journal, this "
+                                                    "machine only)")
     p.add_argument("--out", metavar="DIR", help="sweep folder (default runs/<sweep name>)")
     p.add_argument("--final-seeds", type=non_negative_int, metavar="N",
                    help="then retrain the best trial on all training images with N fresh seeds and measure "

@@ -23,6 +23,16 @@ STYLE = {
 }
 
 
+def canvas_figure(canvas: np.ndarray) -> tuple[Figure, "plt.Axes"]:
+    """A figure that shows `canvas` (H, W, 3) pixel for pixel, for labels drawn on top in pixel units."""
+    height, width = canvas.shape[:2]
+    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+    return fig, ax
+
+
 def to_png(fig: Figure) -> bytes:
     """Render and close a figure."""
     buf = io.BytesIO()
@@ -146,11 +156,7 @@ def mistakes_grid(images: np.ndarray, true: Sequence[str], pred: Sequence[str], 
         r, c = divmod(i, cols)
         y, x = r * cell_h + label, c * cell_w + pad // 2
         canvas[y:y + size, x:x + size] = images[i].repeat(scale, 0).repeat(scale, 1)
-    height, width = canvas.shape[:2]
-    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(canvas, interpolation="nearest")
-    ax.set_axis_off()
+    fig, ax = canvas_figure(canvas)
     for i in range(n):
         r, c = divmod(i, cols)
         x, y = c * cell_w + cell_w / 2, r * cell_h + label - 4

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cifarlab.report.figures import DPI, STYLE, to_png  # noqa: E402
+from cifarlab.report.figures import STYLE, canvas_figure, to_png  # noqa: E402
 
 CMAP = "jet"  # the colour scale of Grad-CAM figures in the paper and most tutorials: blue low, red high
 
@@ -49,11 +49,7 @@ def mistakes_cam_grid(images: np.ndarray, true: Sequence[str], pred: Sequence[st
         y, x = r * cell_h + label, c * cell_w + group_gap // 2
         for t, tile in enumerate(tiles):
             canvas[y:y + size, x + t * (size + gap): x + t * (size + gap) + size] = tile[i]
-    height, width = canvas.shape[:2]
-    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(canvas, interpolation="nearest")
-    ax.set_axis_off()
+    fig, ax = canvas_figure(canvas)
     for i in range(n):
         r, c = divmod(i, per_row)
         x0, y = c * cell_w + group_gap // 2, r * cell_h + label - 3

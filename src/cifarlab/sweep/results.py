@@ -17,7 +17,7 @@ from cifarlab.console import plural
 from cifarlab.errors import ConfigError
 from cifarlab.sweep import INFO_NAME, JOURNAL_NAME
 from cifarlab.sweep.spec import SweepSpec
-from cifarlab.sweep.storage import SweepStorage
+from cifarlab.sweep.storage import open_storage
 
 TRIALS_DIR = "trials"
 FINAL_DIR = "final"  # the winner's final-seed runs: a study folder (store.sqlite) of its own
@@ -72,7 +72,7 @@ def open_existing(folder: Path, url: str | None) -> optuna.Study:
         raise ConfigError(f"sweep '{info.get('name')}' is stored in {info['storage']}: pass --storage URL")
     if url is None and not (folder / JOURNAL_NAME).is_file():
         raise ConfigError(f"'{folder}' holds no sweep (no {JOURNAL_NAME}); run `cifarlab sweep` first")
-    storage = SweepStorage(folder, url, SweepOptions())
+    storage = open_storage(folder, url, SweepOptions())
     names = [s.study_name for s in optuna.get_all_study_summaries(storage.optuna, include_best_trial=False)]
     name = info.get("name")
     if name is None:

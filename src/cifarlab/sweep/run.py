@@ -29,7 +29,7 @@ from cifarlab.sweep import INFO_NAME
 from cifarlab.sweep.spec import SweepSpec
 from cifarlab.sweep.results import (DIGEST_ATTR, FINAL_DIR, best_trial, short, trial_dir,
                                     winner_config)
-from cifarlab.sweep.storage import WORKER_ATTR, SweepStorage, counted, retry, worker_id
+from cifarlab.sweep.storage import WORKER_ATTR, SweepStorage, counted, open_storage, retry, worker_id
 
 FINAL_SEED_OFFSET = 1  # final seeds are train.seed + 1 ... train.seed + N: none is the seed trials used
 
@@ -105,7 +105,7 @@ class _Worker:
 
     def __init__(self, spec: SweepSpec, folder: Path, url: str | None, trials: int, log: Callable[[str], None]):
         self.spec, self.folder, self.trials, self.log = spec, folder, trials, log
-        self.storage = SweepStorage(folder, url, spec.options)
+        self.storage = open_storage(folder, url, spec.options)
         self.study = open_study(spec, self.storage)
         # Loaded once per process, before any trial is claimed (a missing data folder is one error, not a
         # failed trial each): a sweep never varies data.*, so every trial trains on the same split.
@@ -235,7 +235,7 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, *, url: str | None
     spec.config({})  # the spec's defaults alone must make a valid run before any worker starts
     folder = Path(out) if out is not None else Path("runs") / spec.name
     folder.mkdir(parents=True, exist_ok=True)
-    storage = SweepStorage(folder, url, spec.options)
+    storage = open_storage(folder, url, spec.options)
     study = open_study(spec, storage)
     _write_info(folder, spec, storage)
     before = counted(study.get_trials(deepcopy=False))

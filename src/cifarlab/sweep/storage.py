@@ -1,15 +1,16 @@
-"""Where a search lives: Optuna's journal file in the sweep folder (one machine), or a PostgreSQL URL (many).
+"""Where a search lives: Optuna's journal file in the sweep folder (one machine), or a PostgreSQL or Redis URL.
 
 Optuna's storage is the only coordination point. Two things are added on top of it:
 
 - a claim lock around "count the trials, ask for the next one", so that any number of workers stop at
   exactly the requested trial count (Optuna's MaxTrialsCallback lets each worker overshoot by the
   trials the others have in flight): a file lock beside the journal, a PostgreSQL advisory lock on a
-  database;
+  database, a lock key in Redis;
 - dead workers: on a database, Optuna's heartbeat marks a trial whose worker stopped beating as failed
   and its RetryHeartbeatStaleTrialCallback queues the same parameters again. The journal has no
   heartbeat, but all its workers share one machine, so a running trial whose process no longer exists
-  is failed and retried the same way, at once.
+  is failed and retried the same way, at once. Redis (storage_redis) keeps a key per worker that
+  expires when the worker stops renewing it.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 import optuna
@@ -50,70 +51,52 @@ def worker_id() -> str:
 
 
 class SweepStorage:
-    """An Optuna storage plus the claim lock and dead-worker handling that go with it."""
+    """An Optuna storage plus the claim lock and dead-worker handling that go with it; one subclass per kind."""
 
-    def __init__(self, folder: Path, url: str | None, options: SweepOptions) -> None:
-        self.folder = folder
-        self.url = url
-        if url is None:
-            self.optuna = JournalStorage(JournalFileBackend(str(folder / JOURNAL_NAME)))
-            self.where = str(folder / JOURNAL_NAME)
-            return
-        scheme = urlsplit(url).scheme
-        if not scheme.startswith("postgresql"):
-            raise ConfigError(f"--storage: '{display_url(url)}' is not a postgresql:// URL (leave --storage out "
-                              "for the journal file in the sweep folder)")
-        try:
-            self.optuna = _rdb_storage(url, options)
-        except ImportError:
-            raise ConfigError("--storage postgresql:// needs a PostgreSQL driver: pip install 'cifarlab[sweep]'") from None
-        except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: unreachable server, bad credentials
-            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-            raise ConfigError(f"--storage: cannot open '{display_url(url)}': {first}") from None
-        self.where = display_url(url)
+    url: str | None = None  # None: the journal file in the sweep folder
+    where: str  # for messages and sweep.json: a path, or the URL with its password masked
+    optuna: optuna.storages.BaseStorage
 
-    @contextlib.contextmanager
-    def claim(self, study_name: str) -> Iterator[None]:
+    def claim(self, study_name: str) -> contextlib.AbstractContextManager[None]:
         """Hold the search's claim lock: one worker at a time counts trials and asks for the next."""
-        if self.url is None:
-            with open(self.folder / CLAIM_LOCK, "a") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)  # released by the kernel if the holder dies
-                try:
-                    yield
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-            return
-        with _advisory_lock(self.optuna.engine, f"cifarlab-sweep:{study_name}"):
-            yield
+        raise NotImplementedError
 
     @contextlib.contextmanager
     def beating(self, trial_id: int) -> Iterator[None]:
-        """Record the trial's heartbeat now and every `heartbeat` seconds until the block ends (database only)."""
-        interval = self.optuna.get_heartbeat_interval() if self.url is not None else None
-        if interval is None:
-            yield
-            return
-        self.optuna.record_heartbeat(trial_id)  # before any stale check can see the trial without one
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(interval):
-                self.optuna.record_heartbeat(trial_id)
-
-        thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
+        """Show that the trial's worker is alive until the block ends (where liveness needs a signal)."""
+        yield
 
     def reap(self, study: optuna.Study) -> list[int]:
         """Fail the trials whose worker died and queue their parameters again; the failed trial numbers."""
-        if self.url is not None:
-            before = retried_numbers(study.get_trials(deepcopy=False))
-            optuna.storages.fail_stale_trials(study)  # heartbeat timeout -> FAIL -> retry callback
-            return sorted(retried_numbers(study.get_trials(deepcopy=False)) - before)
+        raise NotImplementedError
+
+    def fail_dead(self, study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+        """Fail a running trial whose worker is gone and queue its parameters again."""
+        # The reason first: a finished trial's attributes can no longer be set.
+        self.optuna.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        self.optuna.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        retry(study, self.optuna.get_trial(trial._trial_id))
+
+
+class JournalFileStorage(SweepStorage):
+    """Optuna's journal file in the sweep folder: the workers of one machine."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.optuna = JournalStorage(JournalFileBackend(str(folder / JOURNAL_NAME)))
+        self.where = str(folder / JOURNAL_NAME)
+
+    @contextlib.contextmanager
+    def claim(self, study_name: str) -> Iterator[None]:
+        with open(self.folder / CLAIM_LOCK, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released by the kernel if the holder dies
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def reap(self, study: optuna.Study) -> list[int]:
+        # No heartbeat needed: every worker runs on this machine, so a dead one is a pid that is gone.
         host = socket.gethostname()
         failed = []
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -121,12 +104,93 @@ class SweepStorage:
             owner_host, _, pid = owner.rpartition(":")
             if owner_host != host or not pid.isdigit() or _alive(int(pid)):
                 continue
-            # The reason first: a finished trial's attributes can no longer be set.
-            self.optuna.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {owner} died")
-            self.optuna.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            retry(study, self.optuna.get_trial(trial._trial_id))
+            self.fail_dead(study, trial, f"worker {owner} died")
             failed.append(trial.number)
         return failed
+
+
+class PostgresStorage(SweepStorage):
+    """Optuna's RDBStorage on PostgreSQL, with its heartbeat: workers on any number of machines."""
+
+    def __init__(self, url: str, options: SweepOptions) -> None:
+        self.url = url
+        try:
+            self.optuna = _rdb_storage(url, options)
+        except ImportError:
+            raise ConfigError("--storage postgresql:// needs a PostgreSQL driver: "
+                              "pip install 'cifarlab[sweep]'") from None
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: unreachable server, bad credentials
+            raise ConfigError(f"--storage: cannot open '{display_url(url)}': {error_line(exc, url)}") from None
+        self.where = display_url(url)
+
+    @contextlib.contextmanager
+    def claim(self, study_name: str) -> Iterator[None]:
+        with _advisory_lock(self.optuna.engine, f"cifarlab-sweep:{study_name}"):
+            yield
+
+    @contextlib.contextmanager
+    def beating(self, trial_id: int) -> Iterator[None]:
+        self.optuna.record_heartbeat(trial_id)  # before any stale check can see the trial without one
+        with beating_thread(lambda: self.optuna.record_heartbeat(trial_id), self.optuna.get_heartbeat_interval(),
+                            f"heartbeat-{trial_id}"):
+            yield
+
+    def reap(self, study: optuna.Study) -> list[int]:
+        before = retried_numbers(study.get_trials(deepcopy=False))
+        optuna.storages.fail_stale_trials(study)  # heartbeat timeout -> FAIL -> retry callback
+        return sorted(retried_numbers(study.get_trials(deepcopy=False)) - before)
+
+
+def _redis(url: str, options: SweepOptions) -> SweepStorage:
+    try:
+        from cifarlab.sweep.storage_redis import RedisStorage  # imports redis-py: only for a redis:// URL
+    except ImportError:
+        raise ConfigError("--storage redis:// needs the redis package: pip install 'cifarlab[sweep]'") from None
+    return RedisStorage(url, options)
+
+
+# URL scheme (before any "+driver") -> the storage that serves it.
+STORAGES: dict[str, Callable[[str, SweepOptions], SweepStorage]] = {
+    "postgresql": PostgresStorage,
+    "redis": _redis,
+    "rediss": _redis,  # Redis over TLS
+}
+
+
+def open_storage(folder: Path, url: str | None, options: SweepOptions) -> SweepStorage:
+    """The storage `--storage URL` names, or the journal file in `folder` without one."""
+    if url is None:
+        return JournalFileStorage(folder)
+    maker = STORAGES.get(urlsplit(url).scheme.split("+")[0])
+    if maker is None:
+        raise ConfigError(f"--storage: '{display_url(url)}' is not a postgresql:// or redis:// URL (leave "
+                          "--storage out for the journal file in the sweep folder)")
+    return maker(url, options)
+
+
+def error_line(exc: BaseException, url: str) -> str:
+    """A driver's error as one line, without the URL's password should the driver have quoted it."""
+    line = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+    password = urlsplit(url).password
+    return line.replace(password, "***") if password else line
+
+
+@contextlib.contextmanager
+def beating_thread(beat: Callable[[], None], interval: float, name: str) -> Iterator[None]:
+    """Call `beat` every `interval` seconds on a thread of its own until the block ends."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            beat()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _rdb_storage(url: str, options: SweepOptions) -> RDBStorage:
