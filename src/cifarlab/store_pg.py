@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 from urllib.parse import urlsplit, urlunsplit
 from contextlib import contextmanager
 from dataclasses import asdict, fields
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cifarlab.errors import ConfigError
+from cifarlab.heartbeat import beating_thread
 from cifarlab.metrics import FINAL
 from cifarlab.store import RunRecord, StoreError
 
@@ -174,21 +174,16 @@ class PgStore:
     @contextmanager
     def holding(self, experiment: str, seed: int, worker: str, interval: float) -> Iterator[None]:
         """Beat the claim's heartbeat every `interval` seconds (own connection) until the block ends."""
-        stop = threading.Event()
         conn = _connect(self.url)
 
         def beat() -> None:
-            while not stop.wait(interval):
-                conn.execute("UPDATE cifarlab_claims SET heartbeat = now() WHERE study = %s AND experiment = %s "
-                             "AND seed = %s AND worker = %s", (self.name, experiment, seed, worker))
+            conn.execute("UPDATE cifarlab_claims SET heartbeat = now() WHERE study = %s AND experiment = %s "
+                         "AND seed = %s AND worker = %s", (self.name, experiment, seed, worker))
 
-        thread = threading.Thread(target=beat, name="claim-heartbeat", daemon=True)
-        thread.start()
         try:
-            yield
+            with beating_thread(beat, interval, "claim-heartbeat"):
+                yield
         finally:
-            stop.set()
-            thread.join()
             conn.close()
 
 

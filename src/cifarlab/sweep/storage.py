@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import os
 import socket
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarlab.config import SweepOptions
 from cifarlab.errors import ConfigError
+from cifarlab.heartbeat import beating_thread
 from cifarlab.store_pg import display_url
 from cifarlab.sweep import JOURNAL_NAME
 
@@ -173,24 +173,6 @@ def error_line(exc: BaseException, url: str) -> str:
     line = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
     password = urlsplit(url).password
     return line.replace(password, "***") if password else line
-
-
-@contextlib.contextmanager
-def beating_thread(beat: Callable[[], None], interval: float, name: str) -> Iterator[None]:
-    """Call `beat` every `interval` seconds on a thread of its own until the block ends."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(interval):
-            beat()
-
-    thread = threading.Thread(target=loop, name=name, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _rdb_storage(url: str, options: SweepOptions) -> RDBStorage:

@@ -28,7 +28,8 @@ from optuna.trial import TrialState
 from cifarlab.config import SweepOptions
 from cifarlab.errors import ConfigError
 from cifarlab.store_pg import display_url
-from cifarlab.sweep.storage import WORKER_ATTR, SweepStorage, beating_thread, error_line, worker_id
+from cifarlab.heartbeat import beating_thread
+from cifarlab.sweep.storage import WORKER_ATTR, SweepStorage, error_line, worker_id
 
 CLAIM_TTL = 30  # s; the work under the lock (reading the journal's new entries, one TPE ask) takes well under 1 s
 CONNECT_TIMEOUT = 10  # s; an unreachable host is an error after this long, not a hang
