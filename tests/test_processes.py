@@ -7,6 +7,7 @@ generous deadline, so a slow, shared machine only makes the tests slower.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -322,9 +323,13 @@ def freeze_after_epoch_2(proc: subprocess.Popen, stage_of) -> dict[Path, int]:
 
 def kill_frozen(proc: subprocess.Popen, sig: signal.Signals) -> tuple[int, str, str]:
     """Send `sig` to a frozen process, let it and its children run again, and wait for it to end."""
+    # The children are listed before the signal: once SIGKILL has taken the parent they belong to init,
+    # would not be found, and would stay stopped, holding the pipes that finish() waits on.
+    pids = [proc.pid, *children(proc.pid)]
     os.kill(proc.pid, sig)
-    for pid in [proc.pid, *children(proc.pid)]:
-        os.kill(pid, signal.SIGCONT)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
     return finish(proc)
 
 
