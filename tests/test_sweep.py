@@ -422,17 +422,30 @@ def test_journal_with_two_jobs_resumes_after_a_kill(tmp_path, data):
 # PostgreSQL: three workers (as on three machines) share one search; one is killed mid-trial
 
 
-@pytest.mark.postgres
-def test_three_workers_share_one_postgres_search_and_a_killed_ones_trial_is_retried(tmp_path, data, postgres_url,
-                                                                                     cli):
-    spec = write(tmp_path / "s.toml", spec_text(data, sweep="heartbeat = 1\ngrace = 3"))
+def start_workers(spec: Path, url: str, tmp_path: Path) -> tuple[list[subprocess.Popen], list[Path]]:
+    """Three `cifarlab sweep` workers on one storage URL, each with its own folder, as on separate machines."""
     procs, logs = [], []
-    for i in range(3):  # separate folders, as on separate machines: only the database is shared
+    for i in range(3):
         logs.append(tmp_path / f"worker{i}.log")
         with logs[-1].open("w") as fh:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "cifarlab", "sweep", str(spec), "--out", str(tmp_path / f"m{i}"),
-                 "--storage", postgres_url], env=env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
+                 "--storage", url], env=env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
+    return procs, logs
+
+
+def kill_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.postgres
+def test_three_workers_share_one_postgres_search_and_a_killed_ones_trial_is_retried(tmp_path, data, postgres_url,
+                                                                                     cli):
+    spec = write(tmp_path / "s.toml", spec_text(data, sweep="heartbeat = 1\ngrace = 3"))
+    procs, logs = start_workers(spec, postgres_url, tmp_path)  # only the database is shared
     try:
         def load():
             return optuna.load_study(study_name="t", storage=postgres_url)
@@ -444,10 +457,7 @@ def test_three_workers_share_one_postgres_search_and_a_killed_ones_trial_is_retr
         for p in procs:
             assert p.wait(timeout=600) in (0, -signal.SIGKILL)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(procs)
     trials = load().get_trials(deepcopy=False)
     check_finished(trials, total=6, killed=1)
     check_each_ran_once(trials, started_numbers(*(log.read_text() for log in logs)))
@@ -477,13 +487,7 @@ def test_three_workers_share_one_redis_search_and_a_killed_ones_trial_is_retried
 
     heartbeat, grace = 1, 3
     spec = write(tmp_path / "s.toml", spec_text(data, sweep=f"heartbeat = {heartbeat}\ngrace = {grace}"))
-    procs, logs = [], []
-    for i in range(3):  # separate folders, as on separate machines: only Redis is shared
-        logs.append(tmp_path / f"worker{i}.log")
-        with logs[-1].open("w") as fh:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "cifarlab", "sweep", str(spec), "--out", str(tmp_path / f"m{i}"),
-                 "--storage", redis_url], env=env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True))
+    procs, logs = start_workers(spec, redis_url, tmp_path)  # only Redis is shared
     storage = JournalStorage(JournalRedisBackend(redis_url))
     try:
         def load():
@@ -499,10 +503,7 @@ def test_three_workers_share_one_redis_search_and_a_killed_ones_trial_is_retried
         for p in procs:
             assert p.wait(timeout=600) in (0, -signal.SIGKILL)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(procs)
     trials = load().get_trials(deepcopy=False)
     check_finished(trials, total=6, killed=1)
     check_each_ran_once(trials, started_numbers(*(log.read_text() for log in logs)))
