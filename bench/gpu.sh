@@ -25,6 +25,9 @@
 # device, commands). WORK (default runs/gpu/, ignored) holds the run folders; studies resume there.
 # Data is found as cifarlab finds it: $CIFARLAB_DATA, else ./data. PYTHON names the interpreter
 # (default python3); src/ goes first on its path, so the checkout's cifarlab runs.
+# NORMS (default "bn gn ln") limits the tune-* steps to some norms, and SWEEP_ARGS adds options to each
+# sweep (e.g. "--timeout 240 --final-seeds 5" to fit a time slot and retrain the winner with 5 fresh seeds).
+# After each study, bench/breakdown.py prints where its wall time went (setup, warm-up, train, save).
 # Afterwards `python bench/tables.py DIR` prints the tables for BENCHMARKS.md.
 set -uo pipefail
 
@@ -130,8 +133,13 @@ EOF
 cl() { "$PY" -m cifarlab "$@"; }
 pack() { tar czf "$RESULTS/$1.tgz" --exclude=model.pt --exclude=predictions.npz -C "$WORK" "$1"; }
 study() {  # study KEY: run CMD[KEY] into WORK/KEY, log, report, pack, summarise
-  local key=$1
+  local key=$1 start jobs
+  start=$(date +%s.%N)
   cl ${CMD[$key]} --out "$WORK/$key" 2>&1 | tee "$RESULTS/$key.log"
+  jobs=$(sed -n 's/.*--jobs \([0-9]*\).*/\1/p' <<< "${CMD[$key]}")
+  [ -n "$jobs" ] || jobs=$("$PY" -c "from cifarlab.study import CUDA_JOBS; print(CUDA_JOBS)")
+  "$PY" bench/breakdown.py "$WORK/$key" --jobs "$jobs" --wall "$("$PY" -c "import sys; \
+print(float(sys.argv[2]) - float(sys.argv[1]))" "$start" "$(date +%s.%N)")" 2>&1 | tee -a "$RESULTS/$key.log"
   cl report "$WORK/$key" >/dev/null
   pack "$key"
   "$PY" bench/summary.py "$WORK/$key" | tee -a "$RESULTS/summary.txt"
@@ -139,8 +147,9 @@ study() {  # study KEY: run CMD[KEY] into WORK/KEY, log, report, pack, summarise
 
 sweep() {  # sweep KEY: run CMD[KEY] (a cifarlab sweep) into WORK/KEY with its report, log, pack
   local key=$1
-  cl ${CMD[$key]} --out "$WORK/$key" --report 2>&1 | tee "$RESULTS/$key.log"
+  cl ${CMD[$key]} ${SWEEP_ARGS:-} --out "$WORK/$key" --report 2>&1 | tee "$RESULTS/$key.log"
   pack "$key"
+  [ -d "$WORK/$key/final" ] && "$PY" bench/summary.py "$WORK/$key/final" | tee -a "$RESULTS/summary.txt"
 }
 
 [ ${#needs_cuda[@]} -gt 0 ] && session
@@ -178,8 +187,8 @@ print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA de
 print(f'--jobs {sys.argv[3]}: 8 runs in {s:.1f} s = {8 * 60 / s:.1f} runs/min')" "$start" "$(date +%s.%N)" "$j" \
               | tee -a "$RESULTS/jobs.txt"
           done ;;
-    tune-s8) for n in bn gn ln; do sweep "tune-s8-$n"; done ;;
-    tune-budget) for n in bn gn ln; do sweep "tune-budget-$n"; done ;;
+    tune-s8) for n in ${NORMS:-bn gn ln}; do sweep "tune-s8-$n"; done ;;
+    tune-budget) for n in ${NORMS:-bn gn ln}; do sweep "tune-budget-$n"; done ;;
     bench)
       tuned=(); rows=budget
       for n in bn gn ln; do [ -f "$WORK/tune-budget-$n/sweep.json" ] && tuned+=("$WORK/tune-budget-$n"); done
