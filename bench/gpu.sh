@@ -64,6 +64,9 @@ for step in "${args[@]}"; do [[ $step == env || $step == fake ]] || needs_cuda+=
 if [ ${#needs_cuda[@]} -gt 0 ] && ! "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
   die "needs CUDA for ${needs_cuda[*]}, and torch $("$PY" -c 'import torch; print(torch.__version__)') sees no GPU (only env and fake run without one)"
 fi
+if [[ " ${args[*]} " == *" tune-"* ]] && ! "$PY" -c "import optuna" 2>/dev/null; then
+  die "the tune-* steps are sweeps and need Optuna, which $PY cannot import (pip install 'cifarlab[sweep]')"
+fi
 mkdir -p "$RESULTS" "$WORK"
 
 # The command each study or run comes from, once: run below and recorded in session.toml by key
