@@ -21,10 +21,6 @@ _RUN = "cfg:"  # dest prefix of the flags that map onto RunConfig fields
 _OPTION = "opt:"  # dest prefix of the flags that map onto model options (--norm, --groups, --dropout)
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """Keeps help texts as written: they already say their default once."""
-
-
 def parse_value(text: str) -> Any:
     """'3' -> 3, '0.5' -> 0.5, 'true' -> True, anything else stays a string."""
     lowered = text.lower()

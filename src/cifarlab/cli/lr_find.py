@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from cifarlab.cli.common import HelpFormatter, add_config_args, add_settings_args, run_config, settings_from_args
+from cifarlab.cli.common import add_config_args, add_settings_args, run_config, settings_from_args
 from cifarlab.config import LRFindConfig
 
 _FIND = "find:"
@@ -20,8 +20,7 @@ def add_parser(sub) -> None:
                                    "as the peak lr of a schedule, and writes OUT/lr_find.png (loss against lr) and "
                                    "OUT/lr_find.csv (every step). Runs on the training split only (after --val and "
                                    "--subset); --lr, --schedule and --epochs have no effect here. `cifarlab train "
-                                   "--lr auto` runs the same test first and trains at its suggestion.",
-                       formatter_class=HelpFormatter)
+                                   "--lr auto` runs the same test first and trains at its suggestion.")
     add_config_args(p)
     add_settings_args(p, LRFindConfig, _FIND)
     out = p.add_argument_group("output")

@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-from cifarlab.cli.common import HelpFormatter
 from cifarlab.errors import EXIT_BAD_INPUT
 
 TOP = 3
@@ -20,8 +19,7 @@ def add_parser(sub) -> None:
                                    "and resized to 32x32 with Pillow's antialiased bilinear filter, then normalised "
                                    "with the run's own mean and std. Prints the top-3 classes per image. A file "
                                    "that cannot be read is one line on stderr; the others are still classified, "
-                                   "and the exit code is 2.",
-                       formatter_class=HelpFormatter)
+                                   "and the exit code is 2.")
     p.add_argument("run", metavar="RUN_DIR", help="a run folder written by `cifarlab train` (or a study's "
                    "EXPERIMENT/seed-K)")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders: a folder means the image "

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from cifarlab.cli.common import HelpFormatter, add_config_args, run_config
+from cifarlab.cli.common import add_config_args, run_config
 from cifarlab.errors import ConfigError, DivergedError
 
 
@@ -13,8 +13,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train one model and write a run folder",
                        description="Train one model; writes OUT/{config.json, history.csv, history.json, "
                                    "model.pt, predictions.npz, layers.json, cams.npz} (+ model_source.py for a "
-                                   "FILE.py:NAME model, lr_find.csv/png with --lr auto).",
-                       formatter_class=HelpFormatter)
+                                   "FILE.py:NAME model, lr_find.csv/png with --lr auto).")
     add_config_args(p)
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<date>-<time>; "
