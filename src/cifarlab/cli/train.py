@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from cifarlab.cli.common import add_config_args, run_config
@@ -35,6 +36,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from cifarlab.experiment import run_experiment
     from cifarlab.models.external import run_name
+    from cifarlab.tensorboard_log import EpochScalars
 
     cfg = run_config(args)
     if args.resume and args.overwrite:
@@ -42,18 +44,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR: the run folder to continue")
     out = Path(args.out or f"runs/{run_name(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
-    scalars = None
-    if args.tensorboard:
-        from cifarlab.tensorboard_log import EpochScalars
-
-        scalars = EpochScalars(Path(args.tensorboard) / out.name)
-    try:
-        # The same command again continues an interrupted run; --overwrite starts afresh.
-        resume = "yes" if args.resume else "no" if args.overwrite else "auto"
+    # The same command again continues an interrupted run; --overwrite starts afresh.
+    resume = "yes" if args.resume else "no" if args.overwrite else "auto"
+    with EpochScalars(Path(args.tensorboard) / out.name) if args.tensorboard else nullcontext() as scalars:
         history = run_experiment(cfg, out, overwrite=args.overwrite, resume=resume, on_epoch=scalars)
-    finally:
-        if scalars is not None:
-            scalars.close()
     final, meta = history.final, history.meta
     print(f"final test accuracy {final['test_acc']:.4f}"
           + (f" (flip TTA {final['test_acc_tta']:.4f}, 6-view TTA {final['test_acc_tta6']:.4f})"
