@@ -121,8 +121,8 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
         (rundir.stage / SOURCE_COPY).write_bytes(code)
     if layers is not None:
         (rundir.stage / LAYERS).write_text(layers)
-    meta = {"params": count_params(model), "non_trainable_params": count_params(model, trainable=False),
-            "classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}
+    inputs = {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}  # also kept in model.pt
+    meta = {"params": count_params(model), "non_trainable_params": count_params(model, trainable=False), **inputs}
     rows: list[dict] = []
     # What a run costs besides training (model, data, and afterwards the files and Grad-CAM): in a study
     # on a GPU it was most of each run's wall time (BENCHMARKS.md, "second window").
@@ -142,8 +142,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
                         checkpoint=lambda state: save_state(rundir.stage / CHECKPOINT, {**state, "config": config}))
     except StopRun as stop:
         write_history(rundir.stage, rows, {**meta, "stopped": str(stop)})
-        save_checkpoint(rundir.stage / "model.pt", model, config,
-                        {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)})
+        save_checkpoint(rundir.stage / "model.pt", model, config, inputs)
         (rundir.stage / CHECKPOINT).unlink(missing_ok=True)
         rundir.commit()
         raise
@@ -154,8 +153,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
                 "from there")
         raise
     finished = time.perf_counter()
-    save_checkpoint(rundir.stage / "model.pt", model, config,
-                    {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)})
+    save_checkpoint(rundir.stage / "model.pt", model, config, inputs)
     if data.test is not None:  # a sweep trial has no test split
         save_predictions(rundir.stage / "predictions.npz", history.test_logits, data.test.y)
     save_explanations(rundir.stage, model, data, history, layers, log)
