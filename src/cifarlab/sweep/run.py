@@ -25,6 +25,7 @@ from optuna.trial import Trial, TrialState
 from cifarlab.config import RunConfig, SearchParam, to_dict
 from cifarlab.console import log_line, plural
 from cifarlab.errors import CifarlabError, ConfigError
+from cifarlab.rundir import write_json
 from cifarlab.sweep import INFO_NAME
 from cifarlab.sweep.spec import SweepSpec
 from cifarlab.sweep.results import (DIGEST_ATTR, FINAL_DIR, best_trial, short, trial_dir,
@@ -217,10 +218,7 @@ def _write_info(folder: Path, spec: SweepSpec, storage: SweepStorage) -> None:
         previous = json.loads(path.read_text())
         if previous.get("name") != spec.name:
             raise ConfigError(f"'{folder}' holds sweep '{previous.get('name')}', not '{spec.name}'; choose another --out")
-    info = {"name": spec.name, "digest": spec.digest, "storage": storage.where if storage.url else None}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, {"name": spec.name, "digest": spec.digest, "storage": storage.where if storage.url else None})
 
 
 def run_sweep(spec: SweepSpec, out: str | Path | None = None, *, url: str | None = None, trials: int | None = None,
