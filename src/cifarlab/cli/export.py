@@ -32,7 +32,6 @@ def add_parser(sub) -> None:
                    help="test images in the parity check (default 2000; 0 skips the check)")
     p.add_argument("--trust-code", action="store_true",
                    help="as for predict: load a file model from the run folder's model_source.py (runs its code)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,7 +35,6 @@ def add_parser(sub) -> None:
                      help="table (aligned text, default) | markdown | csv | json")
     out.add_argument("--max-params", type=positive_int, metavar="N",
                      help="exit 1 when the model has more than N trainable parameters")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,7 +26,6 @@ def add_parser(sub) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", help="folder for lr_find.png and lr_find.csv (default: "
                      "runs/lr-find-<model>-<date>-<time>); nothing else is written")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,7 +33,6 @@ def add_parser(sub) -> None:
     p.add_argument("--trust-code", action="store_true",
                    help="a model from a file whose original is gone or changed is loaded from the run folder's "
                         "model_source.py, which runs that code: only for folders you trust")
-    p.set_defaults(func=run)
 
 
 def _table(rows: list[tuple[str, list[tuple[str, float]]]]) -> str:

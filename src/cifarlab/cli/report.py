@@ -21,7 +21,6 @@ def add_parser(sub) -> None:
     p.add_argument("--data", metavar="DIR",
                    help="CIFAR-10 folder for the misclassified-image grids (default: $CIFARLAB_DATA, then "
                         "./data; never the folder recorded in the study)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,6 @@ def add_parser(sub) -> None:
     out.add_argument("--tensorboard", metavar="DIR",
                      help="also write each epoch's losses, accuracies and learning rate as TensorBoard scalars "
                           "into DIR/<name of --out> (needs the tensorboard extra); not a setting of the run")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
