@@ -117,6 +117,7 @@ def ramp(find: LRFindConfig) -> np.ndarray:
 def range_test(model: nn.Module, train: Split, cfg: TrainConfig, find: LRFindConfig, device: torch.device,
                autocast: Callable = nullcontext, memory_format: torch.memory_format | None = None) -> RangeTest:
     """Run the range test on `train` (already on `device`, with `model`); the model is left as it was."""
+    t0 = time.perf_counter()
     n = len(train)
     bs = min(cfg.batch_size, n)
     per_epoch = n // bs
@@ -166,15 +167,14 @@ def range_test(model: nn.Module, train: Split, cfg: TrainConfig, find: LRFindCon
         model.load_state_dict(state)
         for p in model.parameters():
             p.grad = None
+        result.seconds = time.perf_counter() - t0
 
 
 def auto_lr(model: nn.Module, train: Split, cfg: TrainConfig, device: torch.device, autocast: Callable = nullcontext,
             memory_format: torch.memory_format | None = None,
             log: Callable[[str], None] | None = None) -> RangeTest:
     """`--lr auto`: the range test with LRFindConfig's defaults on the training split (never val or test)."""
-    t0 = time.perf_counter()
     result = range_test(model, train, cfg, LRFindConfig(), device, autocast, memory_format)
-    result.seconds = time.perf_counter() - t0
     if log is not None:
         log(f"lr auto: {result.line()}")
     return result
