@@ -100,9 +100,8 @@ def fit(model: nn.Module | str, *, out: str | os.PathLike | None = None,
     from torch import nn
 
     from cifarlab.data import DataSplits
-    from cifarlab.experiment import build_model, check_model, load_data, run_experiment
-    from cifarlab.models import resolve
-    from cifarlab.train import resolve_device, train
+    from cifarlab.experiment import load_data, prepare, run_experiment
+    from cifarlab.train import train
 
     splits = data if isinstance(data, DataSplits) else None
     if data is not None and splits is None:
@@ -122,12 +121,7 @@ def fit(model: nn.Module | str, *, out: str | os.PathLike | None = None,
     if out is not None:
         return run_experiment(cfg, out, data=splits, overwrite=overwrite, log=log, model=obj)
     # No run folder: the same checks and the same loop as run_experiment, without the files.
-    cfg = replace(cfg, model=resolve(cfg.model))
-    resolve_device(cfg.train.device)
-    if obj is None:
-        obj = build_model(cfg)
-    else:
-        check_model(obj, cfg)
+    cfg, obj = prepare(cfg, obj)
     return train(obj, splits if splits is not None else load_data(cfg), cfg.train, log=log)
 
 

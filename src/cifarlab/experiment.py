@@ -53,6 +53,17 @@ def check_model(model: nn.Module, cfg: RunConfig) -> None:
     check_budget(model, cfg.max_params, cfg.model.name)
 
 
+def prepare(cfg: RunConfig, model: nn.Module | None = None) -> tuple[RunConfig, nn.Module]:
+    """`cfg` with its model resolved (a file model's path and sha256 go into config.json) after its device
+    is checked, and the model to train: `model`, or the one `cfg` names; checked either way."""
+    cfg = replace(cfg, model=resolve(cfg.model))
+    resolve_device(cfg.train.device)
+    if model is None:
+        return cfg, build_model(cfg)
+    check_model(model, cfg)
+    return cfg, model
+
+
 def load_data(cfg: RunConfig) -> DataSplits:
     """CIFAR-10 split as `cfg.data` says."""
     d = cfg.data
@@ -100,12 +111,8 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     `overwrite` with "no" starts afresh whatever is there.
     """
     started = time.perf_counter()
-    cfg = replace(cfg, model=resolve(cfg.model))  # a file model's path and sha256 go into config.json
+    cfg, model = prepare(cfg, model)
     device = resolve_device(cfg.train.device)
-    if model is None:
-        model = build_model(cfg)
-    else:
-        check_model(model, cfg)
     code = source_code(cfg.model.source)  # read before the folder exists: a file that changed fails cleanly
     layers = layers_json(model)
     check_free(out, overwrite)  # before the data load, which can take a while on a first start

@@ -29,19 +29,15 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from cifarlab.experiment import build_model, load_data
+    from cifarlab.experiment import load_data, prepare
     from cifarlab.lrfind import range_test, write_outputs
-    from cifarlab.models import resolve
     from cifarlab.models.external import run_name
-    from cifarlab.train import autocast_for, resolve_device
+    from cifarlab.train import autocast_for, init_from_data, resolve_device
 
     cfg = run_config(args)
     find = settings_from_args(args, LRFindConfig, _FIND)
-    cfg = replace(cfg, model=resolve(cfg.model))
+    cfg, model = prepare(cfg)
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg)
     out = Path(args.out or f"runs/lr-find-{run_name(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and not out.is_dir():
         from cifarlab.errors import ConfigError
@@ -50,19 +46,13 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(cfg)
     train = data.train.to(device)
     model = model.to(device)
-    init_from_data = getattr(model, "init_from_data", None)
-    if init_from_data is not None:  # as train.train does before its first step (budget-net's whitening stem)
-        from cifarlab.train import DATA_INIT_IMAGES
-
-        init_from_data(train.x[:: max(1, len(train) // DATA_INIT_IMAGES)][:DATA_INIT_IMAGES])
-    t0 = time.perf_counter()
+    init_from_data(model, train)  # as train.train does before its first step
     result = range_test(model, train, cfg.train, find, device, autocast_for(device, cfg.train.precision))
-    seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     o = cfg.train.optim
     title = (f"{cfg.model.name}: {o.name}, batch {result.batch_size}, momentum {o.momentum:g}, "
              f"weight decay {o.weight_decay:g}")
     csv_path, png_path = write_outputs(out, result, title)
-    print(result.line() + f" ({seconds:.0f}s)")
+    print(result.line() + f" ({result.seconds:.0f}s)")
     print(f"results: {png_path}  {csv_path}")
     return 0
