@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from cifarlab.config import CommonModelOptions, RunConfig, SettingError, from_dict, leaves
+from cifarlab.config import CommonModelOptions, RunConfig, SettingError, from_dict, leaves, nested
 from cifarlab.console import log_line
 from cifarlab.errors import ConfigError
 
@@ -53,17 +53,13 @@ def _keywords() -> dict[str, tuple[str, ...]]:
 def _config(model: str = "s8-net", options: dict[str, Any] | None = None, **settings: Any) -> RunConfig:
     """The RunConfig that `cifarlab train --model MODEL [flags]` would use; `settings` are fit()'s keywords."""
     known = _keywords()
-    tree: dict[str, Any] = {"model": {"name": model, "options": dict(options or {})}}
-    for key, value in settings.items():
+    for key in settings:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f" (settings: {', '.join(known)})"
             raise ConfigError(f"unknown setting '{key}'{hint}")
-        *parents, last = known[key]
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+    tree = nested({"model.name": model, "model.options": dict(options or {}),
+                   **{".".join(known[key]): value for key, value in settings.items()}})
     try:
         return from_dict(RunConfig, tree)
     except SettingError as exc:

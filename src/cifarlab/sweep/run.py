@@ -27,7 +27,7 @@ from cifarlab.console import log_line, plural
 from cifarlab.errors import CifarlabError, ConfigError
 from cifarlab.rundir import write_json
 from cifarlab.sweep import INFO_NAME
-from cifarlab.sweep.spec import SweepSpec
+from cifarlab.sweep.spec import SweepSpec, top_epochs
 from cifarlab.sweep.results import (DIGEST_ATTR, FINAL_DIR, best_trial, short, trial_dir,
                                     winner_config)
 from cifarlab.sweep.storage import WORKER_ATTR, SweepStorage, counted, open_storage, retry, worker_id
@@ -51,19 +51,13 @@ def _sampler(spec: SweepSpec, number: int) -> optuna.samplers.BaseSampler:
                                       constant_liar=True)
 
 
-def _max_epochs(spec: SweepSpec) -> int:
-    searched = spec.search.get("train.epochs")
-    if searched is not None:
-        return int(searched.high if searched.type != "categorical" else max(searched.choices))
-    return int(spec.config({}).train.epochs)
-
-
 def _pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     o = spec.options
     if o.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=o.startup_trials, n_warmup_steps=o.warmup_epochs)
     if o.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=o.min_epochs, max_resource=_max_epochs(spec),
+        top = top_epochs(spec.search, spec.config({}).train.epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=o.min_epochs, max_resource=top,
                                               reduction_factor=o.reduction_factor)
     return optuna.pruners.NopPruner()
 
