@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cifarlab.cli.common import add_config_args, add_settings_args, run_config, settings_from_args
 from cifarlab.config import LRFindConfig
+from cifarlab.errors import ConfigError
 
 _FIND = "find:"
 
@@ -40,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(cfg.train.device)
     out = Path(args.out or f"runs/lr-find-{run_name(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and not out.is_dir():
-        from cifarlab.errors import ConfigError
-
         raise ConfigError(f"--out '{out}' is a file, not a folder")
     data = load_data(cfg)
     train = data.train.to(device)

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from cifarlab.errors import EXIT_BAD_INPUT
+from cifarlab.errors import EXIT_BAD_INPUT, ConfigError
 
 TOP = 3
 
@@ -57,7 +57,6 @@ def _cam_names(files: list[Path], out: Path) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from cifarlab.errors import ConfigError
     from cifarlab.inference import ImageError, expand_inputs, load_image, load_run, normalise, probabilities, top_k
 
     loaded = load_run(args.run, trust_code=args.trust_code)
