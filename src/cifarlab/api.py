@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from cifarlab.config import CommonModelOptions, RunConfig, SettingError, from_dict, leaves
+from cifarlab.config import CommonModelOptions, RunConfig, SettingError, from_dict, leaves, nested
 from cifarlab.console import log_line
 from cifarlab.errors import ConfigError
 
@@ -53,17 +53,13 @@ def _keywords() -> dict[str, tuple[str, ...]]:
 def _config(model: str = "s8-net", options: dict[str, Any] | None = None, **settings: Any) -> RunConfig:
     """The RunConfig that `cifarlab train --model MODEL [flags]` would use; `settings` are fit()'s keywords."""
     known = _keywords()
-    tree: dict[str, Any] = {"model": {"name": model, "options": dict(options or {})}}
-    for key, value in settings.items():
+    for key in settings:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f" (settings: {', '.join(known)})"
             raise ConfigError(f"unknown setting '{key}'{hint}")
-        *parents, last = known[key]
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+    tree = nested({"model.name": model, "model.options": dict(options or {}),
+                   **{".".join(known[key]): value for key, value in settings.items()}})
     try:
         return from_dict(RunConfig, tree)
     except SettingError as exc:
@@ -100,9 +96,8 @@ def fit(model: nn.Module | str, *, out: str | os.PathLike | None = None,
     from torch import nn
 
     from cifarlab.data import DataSplits
-    from cifarlab.experiment import build_model, check_model, load_data, run_experiment
-    from cifarlab.models import resolve
-    from cifarlab.train import resolve_device, train
+    from cifarlab.experiment import load_data, prepare, run_experiment
+    from cifarlab.train import train
 
     splits = data if isinstance(data, DataSplits) else None
     if data is not None and splits is None:
@@ -122,12 +117,7 @@ def fit(model: nn.Module | str, *, out: str | os.PathLike | None = None,
     if out is not None:
         return run_experiment(cfg, out, data=splits, overwrite=overwrite, log=log, model=obj)
     # No run folder: the same checks and the same loop as run_experiment, without the files.
-    cfg = replace(cfg, model=resolve(cfg.model))
-    resolve_device(cfg.train.device)
-    if obj is None:
-        obj = build_model(cfg)
-    else:
-        check_model(obj, cfg)
+    cfg, obj = prepare(cfg, obj)
     return train(obj, splits if splits is not None else load_data(cfg), cfg.train, log=log)
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlab.errors import ConfigError
+from cifarlab.layers import in_mode
 from cifarlab.mistakes import CAM_SIZE, MAX_MISTAKES, Cams, top_mistakes
 
 MIN_MAP = 8  # the default layer's map is at least MIN_MAP x MIN_MAP
@@ -47,16 +48,13 @@ def _probe(model: nn.Module) -> list[tuple[str, str, tuple[int, int]]]:
     found: dict[str, tuple[int, int]] = {}
     hooks = [m.register_forward_hook(lambda mod, i, out, name=name: found.__setitem__(name, tuple(out.shape[-2:])))
              for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    modes = {m: m.training for m in model.modules()}
     ref = next(iter(model.parameters()), None)
     try:
-        model.eval()
-        model(torch.zeros(2, 3, 32, 32, device=ref.device if ref is not None else None))
+        with in_mode(model):
+            model(torch.zeros(2, 3, 32, 32, device=ref.device if ref is not None else None))
     finally:
         for h in hooks:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     return [(name, name, size) for name, size in found.items()]  # dict order = first call order
 
 
@@ -90,11 +88,9 @@ def grad_cam(model: nn.Module, x: torch.Tensor, targets: Sequence[torch.Tensor],
         # would otherwise overwrite the map we differentiate with its rectified values.
         return out.clone()
 
-    modes = {m: m.training for m in model.modules()}
     handle = module.register_forward_hook(keep)
     try:
-        model.eval()
-        with torch.enable_grad():
+        with in_mode(model), torch.enable_grad():
             # Requiring a gradient at the input keeps a graph even when every layer below is frozen.
             scores = model(x.detach().float().requires_grad_(True)).float()
             a = kept["a"]  # (N, C, h, w)
@@ -107,8 +103,6 @@ def grad_cam(model: nn.Module, x: torch.Tensor, targets: Sequence[torch.Tensor],
                 maps.append(F.relu((weights * a).sum(1)))
     finally:
         handle.remove()
-        for m, training in modes.items():
-            m.training = training
     return torch.stack(maps, 1).detach()
 
 

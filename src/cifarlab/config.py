@@ -218,6 +218,18 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def nested(pairs: dict[str, Any]) -> dict[str, Any]:
+    """{'train.optim.lr': 0.2, 'train.epochs': 5} -> {'train': {'optim': {'lr': 0.2}, 'epochs': 5}}."""
+    out: dict[str, Any] = {}
+    for key, value in pairs.items():
+        *parents, last = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return out
+
+
 def comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     """A recorded run config as it must match today's to count as the same run: read through the config
     classes (a setting added since takes its default, which reproduces the old behaviour), without the

@@ -345,6 +345,12 @@ def load_cifar10(root: str | os.PathLike | None = None, download_missing: bool =
 # Splitting and normalising
 
 
+def normalise(images: np.ndarray, mean, std) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, in [0, 1] units less `mean`, over `std` (per channel)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
 def _stratified_holdout(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Indices of `n` examples with classes in proportion, chosen at random."""
     classes = np.unique(y)
@@ -377,9 +383,7 @@ def make_splits(ds: Cifar10, val: int = 0, subset: int = 0, seed: int = 0) -> Da
     std = tuple(float(v) for v in pixels.std(0))
 
     def norm(x: np.ndarray, y: np.ndarray) -> Split:
-        t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W)
-        t = (t - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-        return Split(t.contiguous(), torch.from_numpy(np.asarray(y, dtype=np.int64)))
+        return Split(normalise(x, mean, std).contiguous(), torch.from_numpy(np.asarray(y, dtype=np.int64)))
 
     return DataSplits(
         train=norm(train_u8, ds.train_y[train_idx]),

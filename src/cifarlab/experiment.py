@@ -53,6 +53,17 @@ def check_model(model: nn.Module, cfg: RunConfig) -> None:
     check_budget(model, cfg.max_params, cfg.model.name)
 
 
+def prepare(cfg: RunConfig, model: nn.Module | None = None) -> tuple[RunConfig, nn.Module]:
+    """`cfg` with its model resolved (a file model's path and sha256 go into config.json) after its device
+    is checked, and the model to train: `model`, or the one `cfg` names; checked either way."""
+    cfg = replace(cfg, model=resolve(cfg.model))
+    resolve_device(cfg.train.device)
+    if model is None:
+        return cfg, build_model(cfg)
+    check_model(model, cfg)
+    return cfg, model
+
+
 def load_data(cfg: RunConfig) -> DataSplits:
     """CIFAR-10 split as `cfg.data` says."""
     d = cfg.data
@@ -100,12 +111,8 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     `overwrite` with "no" starts afresh whatever is there.
     """
     started = time.perf_counter()
-    cfg = replace(cfg, model=resolve(cfg.model))  # a file model's path and sha256 go into config.json
+    cfg, model = prepare(cfg, model)
     device = resolve_device(cfg.train.device)
-    if model is None:
-        model = build_model(cfg)
-    else:
-        check_model(model, cfg)
     code = source_code(cfg.model.source)  # read before the folder exists: a file that changed fails cleanly
     layers = layers_json(model)
     check_free(out, overwrite)  # before the data load, which can take a while on a first start
@@ -121,8 +128,8 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
         (rundir.stage / SOURCE_COPY).write_bytes(code)
     if layers is not None:
         (rundir.stage / LAYERS).write_text(layers)
-    meta = {"params": count_params(model), "non_trainable_params": count_params(model, trainable=False),
-            "classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}
+    inputs = {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}  # also kept in model.pt
+    meta = {"params": count_params(model), "non_trainable_params": count_params(model, trainable=False), **inputs}
     rows: list[dict] = []
     # What a run costs besides training (model, data, and afterwards the files and Grad-CAM): in a study
     # on a GPU it was most of each run's wall time (BENCHMARKS.md, "second window").
@@ -142,8 +149,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
                         checkpoint=lambda state: save_state(rundir.stage / CHECKPOINT, {**state, "config": config}))
     except StopRun as stop:
         write_history(rundir.stage, rows, {**meta, "stopped": str(stop)})
-        save_checkpoint(rundir.stage / "model.pt", model, config,
-                        {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)})
+        save_checkpoint(rundir.stage / "model.pt", model, config, inputs)
         (rundir.stage / CHECKPOINT).unlink(missing_ok=True)
         rundir.commit()
         raise
@@ -154,8 +160,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
                 "from there")
         raise
     finished = time.perf_counter()
-    save_checkpoint(rundir.stage / "model.pt", model, config,
-                    {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)})
+    save_checkpoint(rundir.stage / "model.pt", model, config, inputs)
     if data.test is not None:  # a sweep trial has no test split
         save_predictions(rundir.stage / "predictions.npz", history.test_logits, data.test.y)
     save_explanations(rundir.stage, model, data, history, layers, log)

@@ -24,7 +24,6 @@ from torch import nn
 from cifarlab.errors import CifarlabError
 
 FORMATS = ("onnx", "torchscript")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 OPSET = 18  # the opset torch's dynamo exporter targets by default (2.9-2.14); onnxruntime 1.17+ runs it
 INPUT = "images: float32 (N, 3, 32, 32) in [0, 1], RGB; normalisation is inside the model"
 MIN_AGREEMENT = 0.999  # top-1 agreement below this fails the export

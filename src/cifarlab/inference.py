@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cifarlab.config import ModelConfig, SettingError, from_dict
+from cifarlab.data import normalise  # noqa: F401 - images as the run's training images were normalised
 from cifarlab.errors import CifarlabError, ConfigError
 
 MODEL_FILE = "model.pt"
@@ -237,12 +238,6 @@ def load_image(path: str | os.PathLike, size: int = IMAGE_SIZE) -> np.ndarray:
     # Crop first: resize(box=...) would let the filter reach past the box into the cropped-off borders.
     im = im.crop(box).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
-
-
-def normalise(images: np.ndarray, mean, std) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, normalised as the run's training images were."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
 def probabilities(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:

@@ -15,8 +15,9 @@ and then `cifarlab train --model net.py:Net --norm gn` passes `norm="gn"` to it.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
-from typing import Callable
+from typing import Callable, Iterator
 
 from torch import nn
 
@@ -76,3 +77,15 @@ def act_layer(kind: str) -> type[nn.Module]:
     if kind not in _ACTS:
         raise ConfigError(f"unknown activation '{kind}' (choose from {', '.join(_ACTS)})")
     return _ACTS[kind]
+
+
+@contextmanager
+def in_mode(model: nn.Module, training: bool = False) -> Iterator[None]:
+    """`model` in eval (or train) mode for the block; afterwards every module is back in its own mode."""
+    modes = {m: m.training for m in model.modules()}
+    model.train(training)
+    try:
+        yield
+    finally:
+        for m, was_training in modes.items():
+            m.training = was_training

@@ -34,6 +34,7 @@ from torch import nn
 from cifarlab.config import LRFindConfig, TrainConfig
 from cifarlab.data import Split, augment_batch
 from cifarlab.errors import ConfigError
+from cifarlab.layers import in_mode
 from cifarlab.optim import create_optimizer, penalty_terms
 from cifarlab.step import TrainStep
 
@@ -116,6 +117,7 @@ def ramp(find: LRFindConfig) -> np.ndarray:
 def range_test(model: nn.Module, train: Split, cfg: TrainConfig, find: LRFindConfig, device: torch.device,
                autocast: Callable = nullcontext, memory_format: torch.memory_format | None = None) -> RangeTest:
     """Run the range test on `train` (already on `device`, with `model`); the model is left as it was."""
+    t0 = time.perf_counter()
     n = len(train)
     bs = min(cfg.batch_size, n)
     per_epoch = n // bs
@@ -128,19 +130,16 @@ def range_test(model: nn.Module, train: Split, cfg: TrainConfig, find: LRFindCon
                      find.steps, device)
     step.start_epoch([[{"lr": float(lr) * r} for r in ratios] for lr in lrs])
     state = copy.deepcopy(model.state_dict())
-    modes = {m: m.training for m in model.modules()}
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
     result = RangeTest(images=n, batch_size=bs)
     avg, best = 0.0, math.inf
     try:
-        model.train()
-        i = 0
-        while i < find.steps:
-            order = torch.randperm(n, device=device, generator=gen)
-            for b in range(per_epoch):
-                if i >= find.steps:
-                    break
+        with in_mode(model, training=True):
+            for i in range(find.steps):
+                b = i % per_epoch  # a new order for each pass over the split
+                if b == 0:
+                    order = torch.randperm(n, device=device, generator=gen)
                 idx = order[b * bs: (b + 1) * bs]
                 xb = augment_batch(train.x[idx], cfg.augment, gen)
                 if memory_format is not None:
@@ -160,26 +159,22 @@ def range_test(model: nn.Module, train: Split, cfg: TrainConfig, find: LRFindCon
                 result.losses.append(loss)
                 result.smoothed.append(smoothed)
                 best = min(best, smoothed)
-                i += 1
                 if smoothed > DIVERGED * best:
                     result.stopped = "diverged"
                     return result
-        return result
+            return result
     finally:
         model.load_state_dict(state)
-        for m, training in modes.items():
-            m.training = training
         for p in model.parameters():
             p.grad = None
+        result.seconds = time.perf_counter() - t0
 
 
 def auto_lr(model: nn.Module, train: Split, cfg: TrainConfig, device: torch.device, autocast: Callable = nullcontext,
             memory_format: torch.memory_format | None = None,
             log: Callable[[str], None] | None = None) -> RangeTest:
     """`--lr auto`: the range test with LRFindConfig's defaults on the training split (never val or test)."""
-    t0 = time.perf_counter()
     result = range_test(model, train, cfg, LRFindConfig(), device, autocast, memory_format)
-    result.seconds = time.perf_counter() - t0
     if log is not None:
         log(f"lr auto: {result.line()}")
     return result

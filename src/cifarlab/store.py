@@ -80,6 +80,11 @@ class RunRecord:
         """The loss became NaN/inf (train.train stops the run there)."""
         return any(row.get("diverged") for row in self.history)
 
+    def row(self) -> dict[str, Any]:
+        """Column -> value as a store keeps the run: config and history as JSON, the final metrics beside them."""
+        return {**asdict(self), "config": json.dumps(self.config), "history": json.dumps(self.history),
+                **{name: getattr(self, name) for name in FINAL}}
+
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -198,9 +203,7 @@ class Store:
 
     def record(self, rec: RunRecord) -> None:
         """Insert one finished run atomically."""
-        row = {**asdict(rec), **{name: getattr(rec, name) for name in FINAL}}
-        row["config"] = json.dumps(rec.config)
-        row["history"] = json.dumps(rec.history)
+        row = rec.row()
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self.db:

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 from urllib.parse import urlsplit, urlunsplit
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -129,9 +129,7 @@ class PgStore:
                                                (self.name,))}
 
     def record(self, rec: RunRecord, worker: str | None = None) -> None:
-        row = {**asdict(rec), **{name: getattr(rec, name) for name in FINAL}}
-        row["config"], row["history"] = json.dumps(rec.config), json.dumps(rec.history)
-        row = {"study": self.name, **row, "worker": worker}
+        row = {"study": self.name, **rec.row(), "worker": worker}
         cols = ", ".join(row)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in row if c not in ("study", "experiment", "seed"))
         self.db.execute(f"INSERT INTO cifarlab_runs ({cols}) VALUES ({', '.join(['%s'] * len(row))}) "

@@ -133,25 +133,18 @@ def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: 
     import torch
 
     from cifarlab.experiment import run_experiment
+    from cifarlab.tensorboard_log import EpochScalars
 
     if threads:
         torch.set_num_threads(threads)
     rel = run_dir_name(experiment, seed)
-    scalars = None
-    if tensorboard is not None:
-        from cifarlab.tensorboard_log import EpochScalars
-
-        scalars = EpochScalars(Path(tensorboard) / rel)
     prefix = f"[{experiment} seed {seed}] "
     # overwrite: a run folder the store does not list (its study was killed between the two) is redone;
     # resume: a run the study was stopped in (.incomplete) or killed in (its stage) goes on from its checkpoint.
-    try:
-        with signals.interruptible() if _IN_WORKER else nullcontext():
-            history = run_experiment(cfg, folder / rel, data=_study_data(cfg), overwrite=True, resume="auto",
-                                     on_epoch=scalars, log=None if log is None else lambda line: log(prefix + line))
-    finally:
-        if scalars is not None:
-            scalars.close()
+    with EpochScalars(Path(tensorboard) / rel) if tensorboard is not None else nullcontext() as scalars, \
+            signals.interruptible() if _IN_WORKER else nullcontext():
+        history = run_experiment(cfg, folder / rel, data=_study_data(cfg), overwrite=True, resume="auto",
+                                 on_epoch=scalars, log=None if log is None else lambda line: log(prefix + line))
     return RunRecord.of_run(experiment, seed, rel, to_dict(cfg), history.rows, history.meta)
 
 

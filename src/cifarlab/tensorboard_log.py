@@ -62,3 +62,9 @@ class EpochScalars:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+    def __enter__(self) -> "EpochScalars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

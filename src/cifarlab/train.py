@@ -78,6 +78,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def init_from_data(model: nn.Module, train: Split) -> None:
+    """The model's data-dependent init, if it has one (budget-net's whitening stem), on DATA_INIT_IMAGES
+    training images; evenly strided, so a class-ordered training set still gives every class its share."""
+    init = getattr(model, "init_from_data", None)
+    if init is not None:
+        init(train.x[:: max(1, len(train) // DATA_INIT_IMAGES)][:DATA_INIT_IMAGES])
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch's CPU and CUDA generators (model init, dropout)."""
     torch.manual_seed(seed)
@@ -218,10 +226,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         model = model.to(device)
         fmt = None
     data = data.to(device)
-    init_from_data = getattr(model, "init_from_data", None)
-    if init_from_data is not None:  # e.g. budget-net's whitening stem; before warm-up saves the weights
-        # Evenly strided, so a class-ordered training set still gives every class its share.
-        init_from_data(data.train.x[:: max(1, len(data.train) // DATA_INIT_IMAGES)][:DATA_INIT_IMAGES])
+    init_from_data(model, data.train)  # before warm-up saves the weights
     autocast = autocast_for(device, cfg.precision)
     lr_find = None
     if cfg.optim.lr == "auto":  # the range test on the training split, then train at its suggestion

@@ -16,6 +16,7 @@ from torch import fx, nn
 from cifarlab.analysis.geometry import Geom, GeometryError, Pair, Window
 from cifarlab.analysis.rules import MODULE_RULES, Op, Spatial, rule_for
 from cifarlab.errors import CifarlabError
+from cifarlab.layers import in_mode
 
 _PROBE_BATCH = 2  # not 1: a stray x.squeeze() would also drop the batch axis and skew per-image counts
 _BYTES_PER_VALUE = 4  # activations are counted as float32
@@ -101,19 +102,15 @@ def layer_table(model: nn.Module, input_shape: tuple[int, int, int] = (3, 32, 32
     x = torch.zeros((_PROBE_BATCH, *input_shape), device=ref.device if ref is not None else None,
                     dtype=ref.dtype if ref is not None and ref.is_floating_point() else torch.float32)
     walker = _Walker(graph)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()  # batch statistics would fail on 1x1 maps and update running stats; dropout would be random
     try:
-        with torch.no_grad():
+        # Eval mode: batch statistics would fail on 1x1 maps and update running stats; dropout would be random.
+        with torch.no_grad(), in_mode(model):
             walker.run(x)
     except CifarlabError:
         raise
     except Exception as exc:
         raise AnalysisError(f"{type(model).__name__} does not run on input "
                             f"{'x'.join(map(str, input_shape))}: {_first_line(exc)}") from exc
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
     rows = walker.rows
     unused = sum(p.numel() for p in model.parameters() if id(p) not in walker.seen_params)

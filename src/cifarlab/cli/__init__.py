@@ -1,7 +1,7 @@
 """Command line: `cifarlab <command>`. Only this package sees argparse.
 
-Each command module exposes `add_parser(subparsers)` that registers its flags and sets
-`func(args) -> int`. Errors meant for the user become one line on stderr and exit code 2
+Each command module exposes `add_parser(subparsers)`, which registers the command and its flags, and
+`run(args) -> int`. Errors meant for the user become one line on stderr and exit code 2
 (or the error's own code, errors.EXIT_*); so do refusals of the operating system (a full disk, a
 folder without write permission); Ctrl-C exits 130 and SIGTERM 143. A traceback means a bug.
 """
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(sub)
+        sub.choices[name].set_defaults(func=module.run)
     return parser
 
 

@@ -13,16 +13,13 @@ import types
 import typing
 from typing import Any, Literal
 
-from cifarlab.config import CommonModelOptions, ModelConfig, RunConfig, SettingError, bounds_text, from_dict, leaves
+from cifarlab.config import (CommonModelOptions, ModelConfig, RunConfig, SettingError, bounds_text, from_dict, leaves,
+                             nested)
 from cifarlab.errors import ConfigError
 
 GROUPS = ("model", "data", "optimisation", "regularisation", "run")
 _RUN = "cfg:"  # dest prefix of the flags that map onto RunConfig fields
 _OPTION = "opt:"  # dest prefix of the flags that map onto model options (--norm, --groups, --dropout)
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Keeps help texts as written: they already say their default once."""
 
 
 def parse_value(text: str) -> Any:
@@ -130,17 +127,6 @@ def _flag_of(path: tuple[str, ...]) -> str:
     return ".".join(path)
 
 
-def _nested(pairs: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs.items():
-        *parents, last = key.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
-
-
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     options = {k[len(_OPTION):]: v for k, v in vars(args).items() if k.startswith(_OPTION)}
     for item in args.model_opt:
@@ -161,7 +147,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         given["model.name"] = positional
     given["model.options"] = model_options(args)
     try:
-        return from_dict(RunConfig, _nested(given))
+        return from_dict(RunConfig, nested(given))
     except SettingError as exc:
         if exc.path[:2] == ("model", "options"):
             option = exc.path[2] if len(exc.path) > 2 else ""

@@ -12,7 +12,6 @@ def add_parser(sub) -> None:
                                    "./data when none is found. Decodes once into a cache beside the data.")
     p.add_argument("--data", metavar="DIR", help="CIFAR-10 folder (default: $CIFARLAB_DATA, then ./data)")
     p.add_argument("--download", action="store_true", help="download into ./data if not found (torchvision)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-from cifarlab.cli.common import HelpFormatter
 from cifarlab.errors import CifarlabError, ConfigError
 
 EXIT_MISMATCH = 1  # the exported file disagrees with PyTorch: a verdict on the export, as inspect --max-params
@@ -22,8 +21,7 @@ def add_parser(sub) -> None:
                                    "images (onnxruntime for ONNX): max |score difference| and top-1 agreement are "
                                    "printed, and an agreement below 99.9% or a difference above 1e-3 of the "
                                    "largest score exits 1 without writing the file. ONNX needs the extra: "
-                                   "pip install 'cifarlab[onnx]'.",
-                       formatter_class=HelpFormatter)
+                                   "pip install 'cifarlab[onnx]'.")
     p.add_argument("run", metavar="RUN_DIR", help="a run folder written by `cifarlab train`")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="onnx (default) | torchscript")
     p.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/model.onnx, or RUN_DIR/model.ts.pt "
@@ -34,7 +32,6 @@ def add_parser(sub) -> None:
                    help="test images in the parity check (default 2000; 0 skips the check)")
     p.add_argument("--trust-code", action="store_true",
                    help="as for predict: load a file model from the run folder's model_source.py (runs its code)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

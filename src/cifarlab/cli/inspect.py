@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cifarlab.cli.common import HelpFormatter, add_config_args, model_config, positive_int
+from cifarlab.cli.common import add_config_args, model_config, positive_int
 from cifarlab.errors import BudgetError
 
 # Same as cifarlab.analysis.FORMATS; importing that here would load torch just to print --help.
@@ -26,8 +26,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("inspect", help="print a model's layers with shapes, receptive fields, parameters and MACs",
                        description="One row per layer of the real forward pass: kernel k, stride s, padding p, "
                                    "dilation d, map size N, jump J and receptive field R (input pixels), "
-                                   "output shape, parameters and multiply-accumulates.",
-                       formatter_class=HelpFormatter)
+                                   "output shape, parameters and multiply-accumulates.")
     add_config_args(p, model_only=True)
     out = p.add_argument_group("output")
     out.add_argument("--input", type=input_shape, default=(3, 32, 32), metavar="CxHxW",
@@ -36,7 +35,6 @@ def add_parser(sub) -> None:
                      help="table (aligned text, default) | markdown | csv | json")
     out.add_argument("--max-params", type=positive_int, metavar="N",
                      help="exit 1 when the model has more than N trainable parameters")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,8 +5,9 @@ import argparse
 import time
 from pathlib import Path
 
-from cifarlab.cli.common import HelpFormatter, add_config_args, add_settings_args, run_config, settings_from_args
+from cifarlab.cli.common import add_config_args, add_settings_args, run_config, settings_from_args
 from cifarlab.config import LRFindConfig
+from cifarlab.errors import ConfigError
 
 _FIND = "find:"
 
@@ -20,51 +21,37 @@ def add_parser(sub) -> None:
                                    "as the peak lr of a schedule, and writes OUT/lr_find.png (loss against lr) and "
                                    "OUT/lr_find.csv (every step). Runs on the training split only (after --val and "
                                    "--subset); --lr, --schedule and --epochs have no effect here. `cifarlab train "
-                                   "--lr auto` runs the same test first and trains at its suggestion.",
-                       formatter_class=HelpFormatter)
+                                   "--lr auto` runs the same test first and trains at its suggestion.")
     add_config_args(p)
     add_settings_args(p, LRFindConfig, _FIND)
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", help="folder for lr_find.png and lr_find.csv (default: "
                      "runs/lr-find-<model>-<date>-<time>); nothing else is written")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from cifarlab.experiment import build_model, load_data
+    from cifarlab.experiment import load_data, prepare
     from cifarlab.lrfind import range_test, write_outputs
-    from cifarlab.models import resolve
     from cifarlab.models.external import run_name
-    from cifarlab.train import autocast_for, resolve_device
+    from cifarlab.train import autocast_for, init_from_data, resolve_device
 
     cfg = run_config(args)
     find = settings_from_args(args, LRFindConfig, _FIND)
-    cfg = replace(cfg, model=resolve(cfg.model))
+    cfg, model = prepare(cfg)
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg)
     out = Path(args.out or f"runs/lr-find-{run_name(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and not out.is_dir():
-        from cifarlab.errors import ConfigError
-
         raise ConfigError(f"--out '{out}' is a file, not a folder")
     data = load_data(cfg)
     train = data.train.to(device)
     model = model.to(device)
-    init_from_data = getattr(model, "init_from_data", None)
-    if init_from_data is not None:  # as train.train does before its first step (budget-net's whitening stem)
-        from cifarlab.train import DATA_INIT_IMAGES
-
-        init_from_data(train.x[:: max(1, len(train) // DATA_INIT_IMAGES)][:DATA_INIT_IMAGES])
-    t0 = time.perf_counter()
+    init_from_data(model, train)  # as train.train does before its first step
     result = range_test(model, train, cfg.train, find, device, autocast_for(device, cfg.train.precision))
-    seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     o = cfg.train.optim
     title = (f"{cfg.model.name}: {o.name}, batch {result.batch_size}, momentum {o.momentum:g}, "
              f"weight decay {o.weight_decay:g}")
     csv_path, png_path = write_outputs(out, result, title)
-    print(result.line() + f" ({seconds:.0f}s)")
+    print(result.line() + f" ({result.seconds:.0f}s)")
     print(f"results: {png_path}  {csv_path}")
     return 0

@@ -5,8 +5,7 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("models", help="list the registry's models with their parameter counts and options")
-    p.set_defaults(func=run)
+    sub.add_parser("models", help="list the registry's models with their parameter counts and options")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,8 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from cifarlab.cli.common import HelpFormatter
-from cifarlab.errors import EXIT_BAD_INPUT
+from cifarlab.errors import EXIT_BAD_INPUT, ConfigError
 
 TOP = 3
 
@@ -20,8 +19,7 @@ def add_parser(sub) -> None:
                                    "and resized to 32x32 with Pillow's antialiased bilinear filter, then normalised "
                                    "with the run's own mean and std. Prints the top-3 classes per image. A file "
                                    "that cannot be read is one line on stderr; the others are still classified, "
-                                   "and the exit code is 2.",
-                       formatter_class=HelpFormatter)
+                                   "and the exit code is 2.")
     p.add_argument("run", metavar="RUN_DIR", help="a run folder written by `cifarlab train` (or a study's "
                    "EXPERIMENT/seed-K)")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders: a folder means the image "
@@ -35,7 +33,6 @@ def add_parser(sub) -> None:
     p.add_argument("--trust-code", action="store_true",
                    help="a model from a file whose original is gone or changed is loaded from the run folder's "
                         "model_source.py, which runs that code: only for folders you trust")
-    p.set_defaults(func=run)
 
 
 def _table(rows: list[tuple[str, list[tuple[str, float]]]]) -> str:
@@ -60,7 +57,6 @@ def _cam_names(files: list[Path], out: Path) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from cifarlab.errors import ConfigError
     from cifarlab.inference import ImageError, expand_inputs, load_image, load_run, normalise, probabilities, top_k
 
     loaded = load_run(args.run, trust_code=args.trust_code)

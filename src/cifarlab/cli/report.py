@@ -21,16 +21,13 @@ def add_parser(sub) -> None:
     p.add_argument("--data", metavar="DIR",
                    help="CIFAR-10 folder for the misclassified-image grids (default: $CIFARLAB_DATA, then "
                         "./data; never the folder recorded in the study)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifarlab.sweep import is_sweep_folder
+    from cifarlab.sweep import is_sweep_folder, require_optuna
 
     shared_study = (Path(args.folder) / "study.json").is_file()  # cifarlab study --storage (study_shared.MARKER)
     if is_sweep_folder(args.folder) or (args.storage and not shared_study):
-        from cifarlab.sweep import require_optuna
-
         require_optuna()
         from cifarlab.report.sweep import write_sweep_report
 

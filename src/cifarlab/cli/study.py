@@ -29,7 +29,6 @@ def add_parser(sub) -> None:
                                                         "learning rate as TensorBoard scalars into "
                                                         "DIR/<study folder's name>/<experiment>/seed-<k> (needs the "
                                                         "tensorboard extra); not a setting of the runs")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,7 +37,6 @@ def add_parser(sub) -> None:
                    help="then retrain the best trial on all training images with N fresh seeds and measure "
                         "its test accuracy (default: the spec's)")
     p.add_argument("--report", action="store_true", help="write the report when done")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

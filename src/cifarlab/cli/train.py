@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
-from cifarlab.cli.common import HelpFormatter, add_config_args, run_config
+from cifarlab.cli.common import add_config_args, run_config
 from cifarlab.errors import ConfigError, DivergedError
 
 
@@ -13,8 +14,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train one model and write a run folder",
                        description="Train one model; writes OUT/{config.json, history.csv, history.json, "
                                    "model.pt, predictions.npz, layers.json, cams.npz} (+ model_source.py for a "
-                                   "FILE.py:NAME model, lr_find.csv/png with --lr auto).",
-                       formatter_class=HelpFormatter)
+                                   "FILE.py:NAME model, lr_find.csv/png with --lr auto).")
     add_config_args(p)
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<date>-<time>; "
@@ -30,12 +30,12 @@ def add_parser(sub) -> None:
     out.add_argument("--tensorboard", metavar="DIR",
                      help="also write each epoch's losses, accuracies and learning rate as TensorBoard scalars "
                           "into DIR/<name of --out> (needs the tensorboard extra); not a setting of the run")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cifarlab.experiment import run_experiment
     from cifarlab.models.external import run_name
+    from cifarlab.tensorboard_log import EpochScalars
 
     cfg = run_config(args)
     if args.resume and args.overwrite:
@@ -43,18 +43,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR: the run folder to continue")
     out = Path(args.out or f"runs/{run_name(cfg.model.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
-    scalars = None
-    if args.tensorboard:
-        from cifarlab.tensorboard_log import EpochScalars
-
-        scalars = EpochScalars(Path(args.tensorboard) / out.name)
-    try:
-        # The same command again continues an interrupted run; --overwrite starts afresh.
-        resume = "yes" if args.resume else "no" if args.overwrite else "auto"
+    # The same command again continues an interrupted run; --overwrite starts afresh.
+    resume = "yes" if args.resume else "no" if args.overwrite else "auto"
+    with EpochScalars(Path(args.tensorboard) / out.name) if args.tensorboard else nullcontext() as scalars:
         history = run_experiment(cfg, out, overwrite=args.overwrite, resume=resume, on_epoch=scalars)
-    finally:
-        if scalars is not None:
-            scalars.close()
     final, meta = history.final, history.meta
     print(f"final test accuracy {final['test_acc']:.4f}"
           + (f" (flip TTA {final['test_acc_tta']:.4f}, 6-view TTA {final['test_acc_tta6']:.4f})"

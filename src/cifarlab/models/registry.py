@@ -11,6 +11,7 @@ from torch import nn
 
 from cifarlab.config import CommonModelOptions, SettingError, check_model_options, check_value, type_name
 from cifarlab.errors import BudgetError, ConfigError, exception_line
+from cifarlab.layers import in_mode
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -133,19 +134,14 @@ def check_output(model: nn.Module, name: str, classes: int, input_shape: tuple[i
     per-row shift. Batch 2, not 1, so that `x.view(-1, 10)` on a map that was not pooled to 1x1 shows up as
     extra rows. Zeros use no random numbers, so the run's seeded stream is untouched.
     """
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     ref = next(iter(model.parameters()), None)
     x = torch.zeros((2, *input_shape), device=ref.device if ref is not None else None)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), in_mode(model):
             out = model(x)
     except Exception as exc:  # noqa: BLE001 - any failure in a user's forward is theirs to read
         size, why = "x".join(map(str, input_shape)), exception_line(exc, _source_file(model))
         raise ConfigError(f"{name} fails on a batch of 2 images {size}: {why}") from None
-    finally:
-        for m, training in modes.items():
-            m.training = training
     if not isinstance(out, torch.Tensor):
         raise ConfigError(f"{name} returns a {type(out).__name__}, not a tensor of shape (batch, {classes})")
     if tuple(out.shape) != (2, classes):

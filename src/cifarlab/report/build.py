@@ -288,8 +288,7 @@ def _warnings(study: Study) -> list[Block]:
     if study.notes:
         label = "Note" if study.single_run else "Left out, damaged in the study folder"
         blocks.append(Para(f"{label}: {'; '.join(study.notes)}.", "warn"))
-    diverged = sorted({f"{r.experiment} seed {r.seed}" for r in study.runs
-                       if any(row.get("diverged") for row in r.history)})
+    diverged = sorted({f"{r.experiment} seed {r.seed}" for r in study.runs if r.diverged})
     if diverged:
         blocks.append(Para(f"Diverged (non-finite loss): {', '.join(diverged)}.", "warn"))
     return blocks

@@ -65,8 +65,6 @@ def stored_spec(study: optuna.Study) -> SweepSpec:
 
 def open_existing(folder: Path, url: str | None) -> optuna.Study:
     """The search a sweep folder (or a URL) holds, for reading: the report, bench/tuned.py."""
-    from cifarlab.config import SweepOptions
-
     info = read_info(folder) or {}
     if url is None and info.get("storage"):
         raise ConfigError(f"sweep '{info.get('name')}' is stored in {info['storage']}: pass --storage URL")

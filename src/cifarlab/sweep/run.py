@@ -25,8 +25,9 @@ from optuna.trial import Trial, TrialState
 from cifarlab.config import RunConfig, SearchParam, to_dict
 from cifarlab.console import log_line, plural
 from cifarlab.errors import CifarlabError, ConfigError
+from cifarlab.rundir import write_json
 from cifarlab.sweep import INFO_NAME
-from cifarlab.sweep.spec import SweepSpec
+from cifarlab.sweep.spec import SweepSpec, top_epochs
 from cifarlab.sweep.results import (DIGEST_ATTR, FINAL_DIR, best_trial, short, trial_dir,
                                     winner_config)
 from cifarlab.sweep.storage import WORKER_ATTR, SweepStorage, counted, open_storage, retry, worker_id
@@ -50,19 +51,13 @@ def _sampler(spec: SweepSpec, number: int) -> optuna.samplers.BaseSampler:
                                       constant_liar=True)
 
 
-def _max_epochs(spec: SweepSpec) -> int:
-    searched = spec.search.get("train.epochs")
-    if searched is not None:
-        return int(searched.high if searched.type != "categorical" else max(searched.choices))
-    return int(spec.config({}).train.epochs)
-
-
 def _pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     o = spec.options
     if o.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=o.startup_trials, n_warmup_steps=o.warmup_epochs)
     if o.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=o.min_epochs, max_resource=_max_epochs(spec),
+        top = top_epochs(spec.search, spec.config({}).train.epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=o.min_epochs, max_resource=top,
                                               reduction_factor=o.reduction_factor)
     return optuna.pruners.NopPruner()
 
@@ -217,10 +212,7 @@ def _write_info(folder: Path, spec: SweepSpec, storage: SweepStorage) -> None:
         previous = json.loads(path.read_text())
         if previous.get("name") != spec.name:
             raise ConfigError(f"'{folder}' holds sweep '{previous.get('name')}', not '{spec.name}'; choose another --out")
-    info = {"name": spec.name, "digest": spec.digest, "storage": storage.where if storage.url else None}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, {"name": spec.name, "digest": spec.digest, "storage": storage.where if storage.url else None})
 
 
 def run_sweep(spec: SweepSpec, out: str | Path | None = None, *, url: str | None = None, trials: int | None = None,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cifarlab.config import (Budget, CommonModelOptions, RunConfig, SearchParam, SettingError, SweepFile, SweepOptions,
-                             check_field, from_dict, leaves, merge, to_dict)
+                             check_field, from_dict, leaves, merge, nested, to_dict)
 from cifarlab.errors import ConfigError
 
 # Settings a sweep never varies, and why.
@@ -53,9 +53,7 @@ class SweepSpec:
 
     def config(self, values: dict[str, Any]) -> RunConfig:
         """The RunConfig of one point of the space (values by config path); SettingError when invalid."""
-        merged = self.base
-        for key, value in values.items():
-            merged = merge(merged, _nested(key.split("."), value))
+        merged = merge(self.base, nested(values))
         cfg = from_dict(RunConfig, {**merged, "max_params": self.budget.max_params})
         if self.budget.max_epochs is not None and cfg.train.epochs > self.budget.max_epochs:
             raise SettingError(("train", "epochs"), f"{cfg.train.epochs} epochs exceed the budget of "
@@ -72,11 +70,12 @@ class SweepSpec:
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=list).encode()).hexdigest()
 
 
-def _nested(parts: list[str], value: Any) -> dict[str, Any]:
-    out: Any = value
-    for part in reversed(parts):
-        out = {part: out}
-    return out
+def top_epochs(search: dict[str, SearchParam], epochs: int) -> int:
+    """The most epochs a trial trains: the top of a searched train.epochs, else `epochs` (the spec's)."""
+    searched = search.get("train.epochs")
+    if searched is None:
+        return int(epochs)
+    return int(searched.high if searched.type != "categorical" else max(searched.choices))
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
@@ -177,11 +176,9 @@ def parse_sweep_spec(text: str, path: Path) -> SweepSpec:
                 _check_param(key, search[key], cfg.model.name)
             except SettingError as exc:
                 raise exc.under("search", key) from None
-        epochs = search.get("train.epochs")
-        top = int(epochs.high if epochs and epochs.high is not None else max(epochs.choices) if epochs else
-                  cfg.train.epochs)
+        top = top_epochs(search, cfg.train.epochs)
         if spec.budget.max_epochs is not None and top > spec.budget.max_epochs:
-            raise SettingError(("train", "epochs") if not epochs else ("search", "train.epochs"),
+            raise SettingError(("search", "train.epochs") if "train.epochs" in search else ("train", "epochs"),
                                f"{top} epochs exceed the budget of {spec.budget.max_epochs}")
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None

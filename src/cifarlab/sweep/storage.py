@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cifarlab.config import SweepOptions
 from cifarlab.errors import ConfigError
 from cifarlab.heartbeat import beating_thread
+from cifarlab.safety import pid_alive
 from cifarlab.store_pg import display_url
 from cifarlab.sweep import JOURNAL_NAME
 
@@ -102,7 +103,7 @@ class JournalFileStorage(SweepStorage):
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = str(trial.user_attrs.get(WORKER_ATTR, ""))
             owner_host, _, pid = owner.rpartition(":")
-            if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            if owner_host != host or not pid.isdigit() or pid_alive(int(pid)):
                 continue
             self.fail_dead(study, trial, f"worker {owner} died")
             failed.append(trial.number)
@@ -219,19 +220,6 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         RetryHeartbeatStaleTrialCallback(RETRIES)(study, trial)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    try:  # a killed child its parent has not reaped yet is a zombie: dead, though kill(0) succeeds
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
