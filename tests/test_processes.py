@@ -166,40 +166,6 @@ def test_signal_keeps_the_finished_epochs_and_exits_with_its_code(data, tmp_path
     assert kept.stat().st_mode & 0o777 == 0o750 and (kept / "history.json").stat().st_mode & 0o777 == 0o640
 
 
-class _RaisesSigintWhenCollected:
-    def __del__(self):
-        signal.raise_signal(signal.SIGINT)  # its handler runs at the next bytecode: still in here
-        sum(range(100))
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_ctrl_c_that_python_swallowed_in_a_finalizer_is_raised_again_at_the_next_step():
-    from cifarlab import signals
-
-    with signals.interrupts():
-        try:
-            _RaisesSigintWhenCollected()  # KeyboardInterrupt inside __del__: "Exception ignored", and on we go
-        except KeyboardInterrupt:
-            pytest.fail("this Python raised the interrupt out of __del__: the case under test did not happen")
-        with pytest.raises(KeyboardInterrupt):
-            signals.check()  # what the training loop calls after each step
-    signals.check()  # outside the block nothing is pending
-
-
-def test_a_ctrl_c_the_process_was_started_to_ignore_stays_ignored():
-    from cifarlab import signals
-
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `cmd &` in a script starts cmd
-    try:
-        with signals.interrupts():
-            signal.raise_signal(signal.SIGINT)
-            sum(range(100))
-            signals.check()
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def test_sigkill_leftovers_are_cleaned_by_the_next_run_into_the_same_folder(data, tmp_path):
     out = tmp_path / "run"
     proc = start("train", "--data", data, "--out", out, "--epochs", "1000", *RUN, cwd=tmp_path)

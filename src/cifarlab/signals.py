@@ -17,54 +17,21 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (timeout, docker stop, systemd, batch schedulers): handled as Ctrl-C is, exit 143."""
 
 
-# Signals whose exception was raised in this process and may have been swallowed: Python runs a signal's
-# handler at the next bytecode of the main thread, and when that bytecode belongs to a finalizer or a
-# weakref callback (torch runs some every step), the exception is printed as "Exception ignored" and
-# the program goes on. A `cifarlab train` that lost its Ctrl-C that way ran on to its last epoch and
-# exited 0 (a CI run of tests/test_processes.py, 2026-11-27). `check()` raises it again.
-_pending: list[int] = []
-
-
-def _exception(signum: int) -> KeyboardInterrupt:
-    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-
-def _interrupt(signum, frame) -> None:
-    _pending.append(signum)
-    raise _exception(signum)
-
-
-def check() -> None:
-    """Raise again an interrupt whose first raise was swallowed; a no-op otherwise (cheap: once per step)."""
-    if _pending:
-        raise _exception(_pending[-1])
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 @contextmanager
-def _handled(handlers: dict[int, object]) -> Iterator[None]:
-    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
-    _pending.clear()
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        _pending.clear()
-
-
-@contextmanager
-def interrupts() -> Iterator[None]:
-    """Within the block SIGTERM raises Terminated and Ctrl-C KeyboardInterrupt, both also seen by `check()`
-    (main thread only; elsewhere a no-op). A Ctrl-C this process was started to ignore (`cmd &` in a
-    script) stays ignored."""
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM raises Terminated (main thread only; elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handlers = {signal.SIGTERM: _interrupt}
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        handlers[signal.SIGINT] = _interrupt
-    with _handled(handlers):
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
         yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt_once(signum, frame) -> None:
@@ -72,15 +39,21 @@ def _interrupt_once(signum, frame) -> None:
     # saving of the finished epochs that the first started.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _interrupt(signum, frame)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 @contextmanager
 def interruptible() -> Iterator[None]:
     """A pool worker's task: the first Ctrl-C or SIGTERM interrupts it (and keeps its finished epochs),
     while an idle worker ignores both (its parent stops it)."""
-    with _handled({signal.SIGINT: _interrupt_once, signal.SIGTERM: _interrupt_once}):
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, _interrupt_once)
+    try:
         yield
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
 
 
 def ignore_interrupts() -> None:

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarlab import signals
 from cifarlab.config import TrainConfig
 from cifarlab.console import log_line
 from cifarlab.data import DataSplits, Split, alternating_flips, augment, draw_augment
@@ -307,7 +306,6 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
                 for i in range(first, first + ys.shape[0] // bs):
                     k = (i - first) * bs
                     step.run(xs[k: k + bs], ys[k: k + bs], i)
-                    signals.check()  # a Ctrl-C whose KeyboardInterrupt a finalizer swallowed
                     bar.update(1)
                     if show_loss and not bar.disable and i % 20 == 0:
                         bar.set_postfix(loss=f"{step.loss.item():.3f}")

@@ -14,7 +14,7 @@ import sys
 
 from cifarlab import __version__
 from cifarlab.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, CifarlabError
-from cifarlab.signals import Terminated, interrupts
+from cifarlab.signals import Terminated, sigterm_interrupts
 
 COMMANDS = ("train", "models", "inspect", "study", "sweep", "report", "data", "predict", "lr-find", "export")
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with interrupts():  # SIGTERM is Ctrl-C: the finished epochs are kept
+        with sigterm_interrupts():  # SIGTERM is Ctrl-C: the finished epochs are kept
             return int(args.func(args) or 0)
     except CifarlabError as exc:
         print(f"cifarlab {args.command}: error: {exc}", file=sys.stderr)
