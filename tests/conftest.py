@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,6 +17,13 @@ from PIL import Image
 from cifarlab.data import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A suite started in the background by a script (`make test &`, `nohup make test &`) inherits SIGINT
+# ignored, and so does every cifarlab it starts: the tests that press Ctrl-C (send SIGINT) then waited
+# for a 1000-epoch run to end and saw exit 0 (two runs on 2026-11-27). A Python handler here becomes
+# the default in each child, which is what a terminal's Ctrl-C meets.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
