@@ -112,6 +112,8 @@ class _Worker:
         with self.storage.claim(self.spec.name):
             for number in self.storage.reap(self.study):
                 self.log(f"trial {number}: its worker died; its parameters are queued again")
+            for number in self._orphans():
+                self.log(f"trial {number}: its worker died while claiming it; a new trial takes its place")
             trials = self.study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             if not waiting and counted(trials) >= self.trials:
@@ -122,6 +124,16 @@ class _Worker:
             trial.set_user_attr(WORKER_ATTR, worker_id())
             values = {path: _suggest(trial, path, p) for path, p in self.spec.search.items()}
         return trial, values
+
+    def _orphans(self) -> list[int]:
+        """Fail the running trials that no worker has tagged: a trial is asked for and tagged under the
+        claim lock we hold, so an untagged one's worker died inside its claim (a killed sweep left one,
+        and the search waited for it forever)."""
+        orphans = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if WORKER_ATTR not in t.user_attrs]
+        for trial in orphans:
+            self.storage.fail_dead(self.study, trial, "its worker died while claiming it")
+        return [t.number for t in orphans]
 
     def run(self, timeout: float | None = None) -> None:
         deadline = time.monotonic() + timeout if timeout else None
