@@ -143,14 +143,22 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def stale_stages(folder: Path, name: str) -> list[Path]:
-    """The staging folders of output `name` in `folder` whose process is gone (not the `-old` ones)."""
+def _dead_stages(folder: Path, name: str | None):
+    """(entry, match) for each staging folder in `folder` (of output `name`, or any) whose process is gone."""
     try:
         entries = sorted(folder.iterdir())
     except OSError:
-        return []
-    return [e for e in entries if (m := _STAGE.match(e.name)) and m["name"] == name and m["kind"] != "old"
-            and not e.is_symlink() and e.is_dir() and not pid_alive(int(m["pid"]))]
+        return
+    for entry in entries:
+        m = _STAGE.match(entry.name)
+        if m and (name is None or m["name"] == name) and not entry.is_symlink() and entry.is_dir() \
+                and not pid_alive(int(m["pid"])):
+            yield entry, m
+
+
+def stale_stages(folder: Path, name: str) -> list[Path]:
+    """The staging folders of output `name` in `folder` whose process is gone (not the `-old` ones)."""
+    return [entry for entry, m in _dead_stages(folder, name) if m["kind"] != "old"]
 
 
 def clear_stale_stages(folder: Path, name: str | None = None, keep: Callable[[Path], bool] | None = None) -> list[Path]:
@@ -159,17 +167,8 @@ def clear_stale_stages(folder: Path, name: str | None = None, keep: Callable[[Pa
     A run set aside while being replaced (`-old`) whose replacement never arrived is put back instead.
     `keep(stage)`: leave that stage (a killed run's checkpoint that its run will continue from).
     """
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError:
-        return []
     removed = []
-    for entry in entries:
-        m = _STAGE.match(entry.name)
-        if not m or (name is not None and m["name"] != name) or entry.is_symlink() or not entry.is_dir():
-            continue
-        if pid_alive(int(m["pid"])):
-            continue
+    for entry, m in _dead_stages(folder, name):
         target = folder / m["name"]
         if m["kind"] == "old" and not os.path.lexists(target):
             os.rename(entry, target)
