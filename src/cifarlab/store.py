@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ def record_problem(d: dict[str, Any]) -> str | None:
     return None
 
 
-class Store:
+class Store(AbstractContextManager):
     """Open (or create) `folder/store.sqlite`."""
 
     def __init__(self, folder: str | Path, create: bool = True) -> None:
@@ -162,9 +163,6 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
-
-    def __enter__(self) -> "Store":
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

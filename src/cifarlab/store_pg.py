@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from urllib.parse import urlsplit, urlunsplit
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -84,7 +84,7 @@ def _connect(url: str):
         raise ConfigError(f"--storage: cannot open '{display_url(url)}': {first}") from None
 
 
-class PgStore:
+class PgStore(AbstractContextManager):
     """The runs and meta of study `name` in the database at `url` (store.Store's interface)."""
 
     def __init__(self, url: str, name: str, create: bool = True) -> None:
@@ -102,9 +102,6 @@ class PgStore:
 
     def close(self) -> None:
         self.db.close()
-
-    def __enter__(self) -> "PgStore":
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

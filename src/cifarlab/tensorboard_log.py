@@ -11,6 +11,7 @@ Needs the `tensorboard` package, which torch.utils.tensorboard uses: the `tensor
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from cifarlab.errors import ConfigError
@@ -42,7 +43,7 @@ def prepare(folder: str | os.PathLike) -> Path:
     return folder
 
 
-class EpochScalars:
+class EpochScalars(AbstractContextManager):
     """An `on_epoch(row)` callback writing a history row's metrics at step = epoch into `folder`."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
@@ -62,9 +63,6 @@ class EpochScalars:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-    def __enter__(self) -> "EpochScalars":
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()
