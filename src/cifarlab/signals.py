@@ -37,8 +37,7 @@ def sigterm_interrupts() -> Iterator[None]:
 def _interrupt_once(signum, frame) -> None:
     # Ctrl-C reaches a worker and then its parent's SIGTERM does: the second must not cut short the
     # saving of the finished epochs that the first started.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignore_interrupts()
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 

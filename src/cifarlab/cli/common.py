@@ -41,14 +41,22 @@ def _number_or_text(text: str) -> float | str:
         return text
 
 
-def positive_int(text: str) -> int:
+def _integer(text: str, low: int, bound: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _integer(text, 1, "> 0")
+
+
+def non_negative_int(text: str) -> int:
+    return _integer(text, 0, ">= 0")
 
 
 def _flag(path: tuple[str, ...], f: dataclasses.Field) -> str:

@@ -3,18 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from cifarlab.cli.common import positive_int
+from cifarlab.cli.common import non_negative_int, positive_int
 from cifarlab.sweep import require_optuna
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def add_parser(sub) -> None:
