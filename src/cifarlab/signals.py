@@ -45,14 +45,12 @@ def _interrupt_once(signum, frame) -> None:
 def interruptible() -> Iterator[None]:
     """A pool worker's task: the first Ctrl-C or SIGTERM interrupts it (and keeps its finished epochs),
     while an idle worker ignores both (its parent stops it)."""
-    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGINT, _interrupt_once)
-    signal.signal(signal.SIGTERM, _interrupt_once)
+    previous = {signum: signal.signal(signum, _interrupt_once) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def ignore_interrupts() -> None:
