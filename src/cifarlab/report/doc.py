@@ -251,10 +251,6 @@ def inline_md(text: str, cell: bool = False) -> str:
     return "".join(out)
 
 
-def _md_cell(text: str) -> str:
-    return inline_md(text, cell=True)
-
-
 def _fence(text: str) -> str:
     """A code fence longer than any run of backticks in `text`, so the text cannot end it."""
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
@@ -271,10 +267,10 @@ def _md_block(block: Block, files: dict[str, bytes], folder: str) -> str:
     if isinstance(block, Bullets):
         return "\n".join(f"- {inline_md(i)}" for i in block.items)
     if isinstance(block, Table):
-        lines = ["| " + " | ".join(_md_cell(c.name) for c in block.columns) + " |",
+        lines = ["| " + " | ".join(inline_md(c.name, cell=True) for c in block.columns) + " |",
                  "|" + "|".join("---:" if c.align == "r" else ":---" for c in block.columns) + "|"]
         notes = block.row_notes or [""] * len(block.rows)
-        lines += ["| " + " | ".join(_md_cell(v + (f" \u2013 {note}" if j == 0 and note else ""))
+        lines += ["| " + " | ".join(inline_md(v + (f" \u2013 {note}" if j == 0 and note else ""), cell=True)
                                     for j, v in enumerate(row)) + " |" for row, note in zip(block.rows, notes)]
         if block.caption:
             lines += ["", f"*{inline_md(block.caption)}*"]
