@@ -8,7 +8,7 @@ confusion matrix and mistakes. Rendered by report.doc like the study report. Nee
 from __future__ import annotations
 
 import datetime as dt
-import math
+import itertools
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -81,11 +81,8 @@ def history_figure(trials: list[FrozenTrial]) -> bytes:
         if pruned:
             ax.scatter([n for n, _ in pruned], [100 * v for _, v in pruned], s=26, marker="x",
                        color=figures.COLORS[1], label="pruned (last epoch trained)", zorder=3)
-        best, xs, ys = -math.inf, [], []
-        for t in complete:
-            best = max(best, t.value)
-            xs.append(t.number)
-            ys.append(100 * best)
+        xs = [t.number for t in complete]
+        ys = [100 * best for best in itertools.accumulate((t.value for t in complete), max)]
         if xs:
             last = max(t.number for t in done)
             ax.step(xs + [last], ys + ys[-1:], where="post", color="#444", lw=1.2, label="best so far")
