@@ -189,14 +189,10 @@ def final_blocks(folder: Path, data_root: str | None) -> list[Block]:
     for block in build_report(study, data_root).blocks:
         if isinstance(block, Heading) and block.level == 2:
             section = block.anchor
-            if section in FINAL_SKIP:
-                continue
-            blocks.append(Heading(3, block.text, f"final-{block.anchor}"))
-            continue
         if section in FINAL_SKIP:
             continue
-        if isinstance(block, Heading):
-            block = Heading(block.level + 1, block.text, block.anchor)
+        if isinstance(block, Heading):  # one level down; a section's anchor made distinct from the sweep's own
+            block = Heading(block.level + 1, block.text, f"final-{block.anchor}" if block.level == 2 else block.anchor)
         blocks.append(block)
     return blocks
 
