@@ -31,9 +31,7 @@ FINAL_SKIP = ("insights", "curves", "spec")
 
 
 def _value_text(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _last(t: FrozenTrial) -> tuple[int, float] | None:
@@ -228,11 +226,8 @@ def build_sweep_report(folder: Path, url: str | None = None, data_root: str | No
     description = study.user_attrs.get("description")
     if description:
         blocks.append(Para(description))
-    blocks += [Heading(2, "Best trials", "best")]
-    if states[TrialState.COMPLETE]:
-        blocks.append(best_table(trials, names))
-    else:
-        blocks.append(Para("No trial has completed yet.", "warn"))
+    blocks += [Heading(2, "Best trials", "best"),
+               best_table(trials, names) if states[TrialState.COMPLETE] else Para("No trial has completed yet.", "warn")]
     blocks.append(Para(f"Objective: final-epoch validation accuracy (maximised). {len(states[TrialState.PRUNED])} "
                        f"trial(s) were pruned (stopped early by the pruner), {len(states[TrialState.FAIL])} failed.",
                        "note"))
