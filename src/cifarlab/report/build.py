@@ -158,21 +158,20 @@ class _Images:
 
     def __init__(self, root: str | None) -> None:
         self.root = root
-        self.cache: dict[Any, Any] = {}
+        self.loaded: tuple[np.ndarray | None, np.ndarray | None, str] | None = None
         self.classes: tuple[str, ...] | None = None
 
     def get(self) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-        root = self.root
-        if root not in self.cache:
+        if self.loaded is None:
             try:
                 from cifarlab.data import load_cifar10
 
-                ds = load_cifar10(root)
-                self.cache[root] = (ds.test_x, ds.test_y, "")
+                ds = load_cifar10(self.root)
+                self.loaded = (ds.test_x, ds.test_y, "")
                 self.classes = ds.classes
             except (CifarlabError, OSError, ValueError) as exc:
-                self.cache[root] = (None, None, str(exc))
-        return self.cache[root]
+                self.loaded = (None, None, str(exc))
+        return self.loaded
 
 
 @dataclass(frozen=True)
