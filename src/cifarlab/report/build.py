@@ -136,17 +136,19 @@ def _class_names(preds: dict[str, list[Predictions]], images: "_Images") -> list
     return names if len(names) == k else [str(i) for i in range(k)]
 
 
-def per_class_table(study: Study, preds: dict[str, list[Predictions]], classes: list[str]) -> Table | None:
+def per_class_blocks(study: Study, preds: dict[str, list[Predictions]], classes: list[str]) -> list[Block]:
+    """The per-class accuracy section; none when no experiment has readable predictions."""
     shown = [e for e in study.experiments if preds.get(e.name)]
     if not shown:
-        return None
+        return []
     rows = []
     for e in shown:
         m = confusion(preds[e.name], len(classes))
         acc = np.diag(m) / np.maximum(m.sum(1), 1)
         rows.append([f"**{e.name}**"] + [f"{100 * a:.1f}" for a in acc])
-    return Table([Column("experiment", "l")] + [Column(c) for c in classes], rows,
-                 caption="Final-epoch test accuracy per class (%), pooled over each experiment's seeds.")
+    return [Heading(2, "Per-class accuracy", "per-class"),
+            Table([Column("experiment", "l")] + [Column(c) for c in classes], rows,
+                  caption="Final-epoch test accuracy per class (%), pooled over each experiment's seeds.")]
 
 
 class _Images:
@@ -266,9 +268,7 @@ def build_report(study: Study, data_root: str | None = None) -> Document:
     blocks += [Heading(2, "Training curves", "curves"),
                Image("overlay-curves", figures.overlay_curves(study.experiments), "training curves, all experiments",
                      "All experiments: mean over seeds; test solid with a min..max band, train dashed.")]
-    table = per_class_table(study, preds, classes)
-    if table is not None:
-        blocks += [Heading(2, "Per-class accuracy", "per-class"), table]
+    blocks += per_class_blocks(study, preds, classes)
     blocks.append(Heading(2, "Experiments", "experiments"))
     layers: dict[str, list[Block]] = {}  # model config (JSON) -> its layer table, built once per model
     tags = unique_slugs([e.name for e in study.experiments], reserved=("overlay",))
@@ -311,9 +311,7 @@ def build_run_report(study: Study, data_root: str | None = None) -> Document:
     classes = _class_names({exp.name: preds}, images)
     blocks: list[Block] = [Heading(2, "Run", "run"), *_warnings(study),
                            *experiment_section(exp, "run", study, preds, images, classes, {}, grid=RUN_MISTAKES)]
-    table = per_class_table(study, {exp.name: preds}, classes)
-    if table is not None:
-        blocks += [Heading(2, "Per-class accuracy", "per-class"), table]
+    blocks += per_class_blocks(study, {exp.name: preds}, classes)
     blocks += [Heading(2, "Config", "config"),
                Pre(json.dumps(run.config, indent=2), "config.json: every setting of the run, as `cifarlab train` "
                                                      "resolved it")]
