@@ -129,8 +129,10 @@ def per_seed_table(exp: Experiment, study: Study) -> Table:
 
 
 def _class_names(preds: dict[str, list[Predictions]], images: "_Images") -> list[str]:
+    """Class names from the dataset when it can be loaded, else CIFAR-10's (numbers for another class count)."""
     from cifarlab.data import CLASSES
 
+    images.get()  # sets images.classes when the dataset loads
     k = max((p.probs.shape[1] for ps in preds.values() for p in ps), default=len(CLASSES))
     names = list(images.classes or CLASSES)
     return names if len(names) == k else [str(i) for i in range(k)]
@@ -259,8 +261,6 @@ def build_report(study: Study, data_root: str | None = None) -> Document:
     images = _Images(data_root)
     preds = {e.name: [p for p in (load_predictions(study, r) for r in e.runs) if p is not None]
              for e in study.experiments}
-    # Class names come from the dataset when it can be loaded, else CIFAR-10's.
-    images.get()
     classes = _class_names(preds, images)
 
     blocks: list[Block] = [Heading(2, "Comparison", "comparison"), comparison_table(study), *_warnings(study)]
@@ -307,7 +307,6 @@ def build_run_report(study: Study, data_root: str | None = None) -> Document:
     run = exp.runs[0]
     images = _Images(data_root)
     preds = [p for p in (load_predictions(study, run),) if p is not None]
-    images.get()
     classes = _class_names({exp.name: preds}, images)
     blocks: list[Block] = [Heading(2, "Run", "run"), *_warnings(study),
                            *experiment_section(exp, "run", study, preds, images, classes, {}, grid=RUN_MISTAKES)]
