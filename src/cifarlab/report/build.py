@@ -129,24 +129,28 @@ def per_seed_table(exp: Experiment, study: Study) -> Table:
 
 
 def _class_names(preds: dict[str, list[Predictions]], images: "_Images") -> list[str]:
+    """Class names from the dataset when it can be loaded, else CIFAR-10's (numbers for another class count)."""
     from cifarlab.data import CLASSES
 
+    images.get()  # sets images.classes when the dataset loads
     k = max((p.probs.shape[1] for ps in preds.values() for p in ps), default=len(CLASSES))
     names = list(images.classes or CLASSES)
     return names if len(names) == k else [str(i) for i in range(k)]
 
 
-def per_class_table(study: Study, preds: dict[str, list[Predictions]], classes: list[str]) -> Table | None:
+def per_class_blocks(study: Study, preds: dict[str, list[Predictions]], classes: list[str]) -> list[Block]:
+    """The per-class accuracy section; none when no experiment has readable predictions."""
     shown = [e for e in study.experiments if preds.get(e.name)]
     if not shown:
-        return None
+        return []
     rows = []
     for e in shown:
         m = confusion(preds[e.name], len(classes))
         acc = np.diag(m) / np.maximum(m.sum(1), 1)
         rows.append([f"**{e.name}**"] + [f"{100 * a:.1f}" for a in acc])
-    return Table([Column("experiment", "l")] + [Column(c) for c in classes], rows,
-                 caption="Final-epoch test accuracy per class (%), pooled over each experiment's seeds.")
+    return [Heading(2, "Per-class accuracy", "per-class"),
+            Table([Column("experiment", "l")] + [Column(c) for c in classes], rows,
+                  caption="Final-epoch test accuracy per class (%), pooled over each experiment's seeds.")]
 
 
 class _Images:
@@ -158,21 +162,20 @@ class _Images:
 
     def __init__(self, root: str | None) -> None:
         self.root = root
-        self.cache: dict[Any, Any] = {}
+        self.loaded: tuple[np.ndarray | None, np.ndarray | None, str] | None = None
         self.classes: tuple[str, ...] | None = None
 
     def get(self) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-        root = self.root
-        if root not in self.cache:
+        if self.loaded is None:
             try:
                 from cifarlab.data import load_cifar10
 
-                ds = load_cifar10(root)
-                self.cache[root] = (ds.test_x, ds.test_y, "")
+                ds = load_cifar10(self.root)
+                self.loaded = (ds.test_x, ds.test_y, "")
                 self.classes = ds.classes
             except (CifarlabError, OSError, ValueError) as exc:
-                self.cache[root] = (None, None, str(exc))
-        return self.cache[root]
+                self.loaded = (None, None, str(exc))
+        return self.loaded
 
 
 @dataclass(frozen=True)
@@ -258,8 +261,6 @@ def build_report(study: Study, data_root: str | None = None) -> Document:
     images = _Images(data_root)
     preds = {e.name: [p for p in (load_predictions(study, r) for r in e.runs) if p is not None]
              for e in study.experiments}
-    # Class names come from the dataset when it can be loaded, else CIFAR-10's.
-    images.get()
     classes = _class_names(preds, images)
 
     blocks: list[Block] = [Heading(2, "Comparison", "comparison"), comparison_table(study), *_warnings(study)]
@@ -267,9 +268,7 @@ def build_report(study: Study, data_root: str | None = None) -> Document:
     blocks += [Heading(2, "Training curves", "curves"),
                Image("overlay-curves", figures.overlay_curves(study.experiments), "training curves, all experiments",
                      "All experiments: mean over seeds; test solid with a min..max band, train dashed.")]
-    table = per_class_table(study, preds, classes)
-    if table is not None:
-        blocks += [Heading(2, "Per-class accuracy", "per-class"), table]
+    blocks += per_class_blocks(study, preds, classes)
     blocks.append(Heading(2, "Experiments", "experiments"))
     layers: dict[str, list[Block]] = {}  # model config (JSON) -> its layer table, built once per model
     tags = unique_slugs([e.name for e in study.experiments], reserved=("overlay",))
@@ -308,13 +307,10 @@ def build_run_report(study: Study, data_root: str | None = None) -> Document:
     run = exp.runs[0]
     images = _Images(data_root)
     preds = [p for p in (load_predictions(study, run),) if p is not None]
-    images.get()
     classes = _class_names({exp.name: preds}, images)
     blocks: list[Block] = [Heading(2, "Run", "run"), *_warnings(study),
                            *experiment_section(exp, "run", study, preds, images, classes, {}, grid=RUN_MISTAKES)]
-    table = per_class_table(study, {exp.name: preds}, classes)
-    if table is not None:
-        blocks += [Heading(2, "Per-class accuracy", "per-class"), table]
+    blocks += per_class_blocks(study, {exp.name: preds}, classes)
     blocks += [Heading(2, "Config", "config"),
                Pre(json.dumps(run.config, indent=2), "config.json: every setting of the run, as `cifarlab train` "
                                                      "resolved it")]

@@ -8,7 +8,7 @@ import base64
 import html
 import re
 from dataclasses import dataclass, field
-from typing import NamedTuple, Union
+from typing import Callable, NamedTuple, Union
 
 
 @dataclass
@@ -138,18 +138,21 @@ footer { color: var(--muted); font-size: 12px; margin-top: 48px; border-top: 1px
 _INLINE = re.compile(r"\*\*(.+?)\*\*|`([^`]+)`")
 
 
-def inline_html(text: str) -> str:
-    """Escape `text`, turning **x** into <strong> and `x` into <code>."""
+def _inline(text: str, plain: Callable[[str], str], bold: Callable[[str], str], code: Callable[[str], str]) -> str:
+    """`text` with each **x** rendered by `bold`, each `x` by `code` and the text between by `plain`."""
     out, pos = [], 0
     for m in _INLINE.finditer(text):
-        out.append(html.escape(text[pos:m.start()]))
-        if m.group(1) is not None:
-            out.append(f"<strong>{inline_html(m.group(1))}</strong>")
-        else:
-            out.append(f"<code>{html.escape(m.group(2))}</code>")
+        out.append(plain(text[pos:m.start()]))
+        out.append(bold(m.group(1)) if m.group(1) is not None else code(m.group(2)))
         pos = m.end()
-    out.append(html.escape(text[pos:]))
+    out.append(plain(text[pos:]))
     return "".join(out)
+
+
+def inline_html(text: str) -> str:
+    """Escape `text`, turning **x** into <strong> and `x` into <code>."""
+    return _inline(text, html.escape, lambda x: f"<strong>{inline_html(x)}</strong>",
+                   lambda x: f"<code>{html.escape(x)}</code>")
 
 
 def data_uri(png: bytes) -> str:
@@ -238,21 +241,9 @@ def _md_escape(text: str) -> str:
 
 def inline_md(text: str, cell: bool = False) -> str:
     """`text` for Markdown, as inline_html does for HTML: **x** and `x` kept, everything else escaped."""
-    out, pos = [], 0
-    text = " ".join(text.splitlines())
-    for m in _INLINE.finditer(text):
-        out.append(_md_escape(text[pos:m.start()]))
-        if m.group(1) is not None:
-            out.append(f"**{inline_md(m.group(1), cell)}**")
-        else:  # a code span shows its text as is; in a table cell '|' still needs its escape
-            out.append(f"`{m.group(2).replace('|', chr(92) + '|') if cell else m.group(2)}`")
-        pos = m.end()
-    out.append(_md_escape(text[pos:]))
-    return "".join(out)
-
-
-def _md_cell(text: str) -> str:
-    return inline_md(text, cell=True)
+    # A code span shows its text as is; in a table cell '|' still needs its escape.
+    return _inline(" ".join(text.splitlines()), _md_escape, lambda x: f"**{inline_md(x, cell)}**",
+                   lambda x: f"`{x.replace('|', chr(92) + '|') if cell else x}`")
 
 
 def _fence(text: str) -> str:
@@ -271,10 +262,10 @@ def _md_block(block: Block, files: dict[str, bytes], folder: str) -> str:
     if isinstance(block, Bullets):
         return "\n".join(f"- {inline_md(i)}" for i in block.items)
     if isinstance(block, Table):
-        lines = ["| " + " | ".join(_md_cell(c.name) for c in block.columns) + " |",
+        lines = ["| " + " | ".join(inline_md(c.name, cell=True) for c in block.columns) + " |",
                  "|" + "|".join("---:" if c.align == "r" else ":---" for c in block.columns) + "|"]
         notes = block.row_notes or [""] * len(block.rows)
-        lines += ["| " + " | ".join(_md_cell(v + (f" \u2013 {note}" if j == 0 and note else ""))
+        lines += ["| " + " | ".join(inline_md(v + (f" \u2013 {note}" if j == 0 and note else ""), cell=True)
                                     for j, v in enumerate(row)) + " |" for row, note in zip(block.rows, notes)]
         if block.caption:
             lines += ["", f"*{inline_md(block.caption)}*"]

@@ -79,9 +79,7 @@ def _epoch_axis(ax) -> None:
 
 def experiment_curves(exp: Experiment, show_val: bool) -> bytes:
     """Loss and accuracy per epoch for one experiment: mean over seeds, band = min..max."""
-    series = [("train", "#1f77b4", False), ("test", "#d62728", False)]
-    if show_val:
-        series.append(("val", "#2ca02c", True))
+    series = [("train", "#1f77b4", False), ("test", "#d62728", False)] + [("val", "#2ca02c", True)] * show_val
     with plt.rc_context(STYLE):
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
         for part, color, dashed in series:

@@ -38,12 +38,10 @@ def summarize(values: Sequence[float], level: float = 0.95) -> Summary:
     xs = [float(v) for v in values]
     n = len(xs)
     if n == 0:
-        nan = float("nan")
-        return Summary(0, nan, nan, nan, nan)
+        return Summary(0, math.nan, math.nan, math.nan, math.nan)
     mean = math.fsum(xs) / n
     if n < 2:
-        nan = float("nan")
-        return Summary(1, mean, nan, nan, nan)
+        return Summary(1, mean, math.nan, math.nan, math.nan)
     std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
     half = float(student_t.ppf(0.5 + level / 2.0, n - 1)) * std / math.sqrt(n)
     return Summary(n, mean, std, mean - half, mean + half)

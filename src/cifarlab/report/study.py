@@ -31,10 +31,6 @@ class Experiment:
     description: str
     runs: list[RunRecord]
 
-    @property
-    def seeds(self) -> list[int]:
-        return [r.seed for r in self.runs]
-
     def values(self, key: str) -> list[float]:
         """A per-run quantity: a RunRecord field, or 'gap' (train - test accuracy)."""
         if key == "gap":

@@ -8,7 +8,7 @@ confusion matrix and mistakes. Rendered by report.doc like the study report. Nee
 from __future__ import annotations
 
 import datetime as dt
-import math
+import itertools
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -31,9 +31,7 @@ FINAL_SKIP = ("insights", "curves", "spec")
 
 
 def _value_text(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _last(t: FrozenTrial) -> tuple[int, float] | None:
@@ -81,11 +79,8 @@ def history_figure(trials: list[FrozenTrial]) -> bytes:
         if pruned:
             ax.scatter([n for n, _ in pruned], [100 * v for _, v in pruned], s=26, marker="x",
                        color=figures.COLORS[1], label="pruned (last epoch trained)", zorder=3)
-        best, xs, ys = -math.inf, [], []
-        for t in complete:
-            best = max(best, t.value)
-            xs.append(t.number)
-            ys.append(100 * best)
+        xs = [t.number for t in complete]
+        ys = [100 * best for best in itertools.accumulate((t.value for t in complete), max)]
         if xs:
             last = max(t.number for t in done)
             ax.step(xs + [last], ys + ys[-1:], where="post", color="#444", lw=1.2, label="best so far")
@@ -192,14 +187,10 @@ def final_blocks(folder: Path, data_root: str | None) -> list[Block]:
     for block in build_report(study, data_root).blocks:
         if isinstance(block, Heading) and block.level == 2:
             section = block.anchor
-            if section in FINAL_SKIP:
-                continue
-            blocks.append(Heading(3, block.text, f"final-{block.anchor}"))
-            continue
         if section in FINAL_SKIP:
             continue
-        if isinstance(block, Heading):
-            block = Heading(block.level + 1, block.text, block.anchor)
+        if isinstance(block, Heading):  # one level down; a section's anchor made distinct from the sweep's own
+            block = Heading(block.level + 1, block.text, f"final-{block.anchor}" if block.level == 2 else block.anchor)
         blocks.append(block)
     return blocks
 
@@ -235,11 +226,8 @@ def build_sweep_report(folder: Path, url: str | None = None, data_root: str | No
     description = study.user_attrs.get("description")
     if description:
         blocks.append(Para(description))
-    blocks += [Heading(2, "Best trials", "best")]
-    if states[TrialState.COMPLETE]:
-        blocks.append(best_table(trials, names))
-    else:
-        blocks.append(Para("No trial has completed yet.", "warn"))
+    blocks += [Heading(2, "Best trials", "best"),
+               best_table(trials, names) if states[TrialState.COMPLETE] else Para("No trial has completed yet.", "warn")]
     blocks.append(Para(f"Objective: final-epoch validation accuracy (maximised). {len(states[TrialState.PRUNED])} "
                        f"trial(s) were pruned (stopped early by the pruner), {len(states[TrialState.FAIL])} failed.",
                        "note"))

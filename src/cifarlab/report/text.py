@@ -91,12 +91,8 @@ def config_diff(exp: Experiment, ref: Experiment) -> list[str]:
     """'`model.options.width` 32 → 48' for every config value that differs from the reference."""
     a = flatten(_with_model_defaults(exp.runs[0].config))
     b = flatten(_with_model_defaults(ref.runs[0].config))
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if key.startswith(_IGNORED_KEYS) or a.get(key) == b.get(key):
-            continue
-        out.append(f"`{key}` {json.dumps(b.get(key))} \u2192 {json.dumps(a.get(key))}")
-    return out
+    return [f"`{key}` {json.dumps(b.get(key))} \u2192 {json.dumps(a.get(key))}" for key in sorted(set(a) | set(b))
+            if not key.startswith(_IGNORED_KEYS) and a.get(key) != b.get(key)]
 
 
 def config_summary(config: dict[str, Any]) -> str:
