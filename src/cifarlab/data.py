@@ -12,7 +12,7 @@ import hashlib
 import os
 import pickle
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,15 +70,8 @@ class DataSplits:
     test_images: np.ndarray | None  # (N, 32, 32, 3) uint8, for misclassified-image grids
 
     def to(self, device: torch.device | str) -> "DataSplits":
-        return DataSplits(
-            self.train.to(device),
-            self.val.to(device) if self.val is not None else None,
-            self.test.to(device) if self.test is not None else None,
-            self.classes,
-            self.mean,
-            self.std,
-            self.test_images,
-        )
+        return replace(self, train=self.train.to(device), val=self.val.to(device) if self.val is not None else None,
+                       test=self.test.to(device) if self.test is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------
