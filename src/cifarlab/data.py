@@ -162,15 +162,8 @@ def _read_batches(folder: Path) -> Cifar10:
     if not isinstance(classes, (list, tuple)) or len(classes) != len(CLASSES) or \
             not all(isinstance(c, str) for c in classes):
         raise DataError(f"'{folder / 'batches.meta'}' does not name the {len(CLASSES)} classes (label_names)")
-    classes = tuple(classes)
-    return Cifar10(
-        np.concatenate([p[0] for p in parts]),
-        np.concatenate([p[1] for p in parts]),
-        test_x,
-        test_y,
-        classes,
-        str(folder),
-    )
+    train_x, train_y = (np.concatenate(arrays) for arrays in zip(*parts))
+    return Cifar10(train_x, train_y, test_x, test_y, tuple(classes), str(folder))
 
 
 def _labels(labels: np.ndarray, n: int, where: Path | str) -> np.ndarray:
