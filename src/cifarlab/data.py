@@ -108,16 +108,15 @@ class _BatchUnpickler(pickle.Unpickler):
     """Unpickles what the official batches hold (dicts, lists, str, bytes, numbers, numpy arrays of
     numbers) and refuses every other global, so a crafted batch cannot run code when it is loaded."""
 
+    _BUILTINS = ("bytes", "bytearray", "str", "int", "float", "bool", "list", "tuple", "dict", "set", "frozenset")
     ALLOWED = {
         # numpy arrays and their dtypes (numpy < 2 and >= 2 module names; _frombuffer: pickle protocol 5)
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("_codecs", "encode"),  # how pickle protocols 0-2 spell bytes
-        *(("builtins", n) for n in ("bytes", "bytearray", "str", "int", "float", "bool", "list", "tuple", "dict",
-                                    "set", "frozenset")),
-        *(("__builtin__", n) for n in ("bytes", "bytearray", "str", "int", "float", "bool", "list", "tuple", "dict",
-                                       "set", "frozenset", "unicode", "long")),
+        *(("builtins", n) for n in _BUILTINS),
+        *(("__builtin__", n) for n in (*_BUILTINS, "unicode", "long")),  # Python 2's name for the module
     }
 
     def find_class(self, module: str, name: str):
