@@ -284,6 +284,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         if history.rows[-1].get("diverged"):
             history.meta["diverged_at_epoch"] = done
             done = cfg.epochs  # it stopped there, and stays stopped
+    eval_model = ema.model if ema is not None else net  # the epochs' evaluations, and the test logits
     run_start = time.perf_counter()
     show_loss = not use_cuda  # reading the loss costs a host sync: only worth it on CPU
     for epoch in range(done + 1, cfg.epochs + 1):
@@ -314,7 +315,6 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         if use_cuda:
             torch.cuda.synchronize(device)  # the one wait of the epoch, to time the loop apart from evaluation
         loop_seconds = time.perf_counter() - t0
-        eval_model = ema.model if ema is not None else net
         row, history.test_logits = _epoch_row(epoch, step.loss_sum, step.correct, steps * bs, rows[0][0]["lr"],
                                               eval_model, data, cfg, autocast, fmt)
         row["seconds"] = time.perf_counter() - t0
@@ -339,7 +339,6 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
             break
     if history.test_logits is None and data.test is not None and resume is not None:
         # Resumed after its last epoch (killed before the folder was complete): its test logits again.
-        eval_model = ema.model if ema is not None else net
         history.test_logits = _evaluate(eval_model, data.test, cfg, autocast, fmt, cfg.tta)[1]
     if ema is not None:
         model.load_state_dict(ema.model.state_dict())
