@@ -344,10 +344,9 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         model.load_state_dict(ema.model.state_dict())
     if history.test_logits is not None:
         history.test_logits = history.test_logits.cpu()
-    train_seconds = before + time.perf_counter() - run_start
     loop_seconds = sum(r["train_seconds"] for r in history.rows)
     # images/s counts the training loop only (augmentation, forward, backward, step), not evaluation.
-    history.meta.update(train_seconds=train_seconds,
+    history.meta.update(train_seconds=before + time.perf_counter() - run_start,
                         images_per_second=steps * bs * len(history.rows) / max(loop_seconds, 1e-9))
     return history
 
