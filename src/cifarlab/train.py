@@ -409,10 +409,8 @@ def _epoch_row(epoch, loss_sum, correct, seen, lr, model, data: DataSplits, cfg,
         ev, test_logits = _evaluate(model, data.test, cfg, autocast, fmt, cfg.tta,
                                     rich_tta=cfg.tta and epoch == cfg.epochs)
         metrics.update({f"test_{k}": v for k, v in ev.items()})
-    values = torch.stack([v.float() for v in metrics.values()]).tolist()
-    row = {"epoch": epoch}
-    row.update({k: float(v) for k, v in zip(metrics, values)})
-    row["lr"] = float(lr)
+    values = torch.stack([v.float() for v in metrics.values()]).tolist()  # Python floats
+    row = {"epoch": epoch, **dict(zip(metrics, values)), "lr": float(lr)}
     if not all(math.isfinite(row[k]) for k in ("train_loss", "val_loss", "test_loss") if k in row):
         row["diverged"] = True
     return row, test_logits
