@@ -430,8 +430,8 @@ def _warm_up(step: TrainStep, data: DataSplits, cfg: TrainConfig, xb, yb, autoca
             # Every batch shape evaluation will see (a full batch and the ragged last one), so no
             # recompilation lands inside the timed epochs.
             ragged = len(split) % cfg.eval_batch_size
-            for xs in (split.x[: cfg.eval_batch_size], split.x[len(split) - ragged:] if ragged else None):
-                if xs is not None and len(xs):
+            for xs in (split.x[: cfg.eval_batch_size], split.x[len(split) - ragged:]):
+                if len(xs):  # no ragged batch: an empty slice
                     predict(step.net, xs, cfg.eval_batch_size, cfg.tta, autocast, fmt)
 
 
