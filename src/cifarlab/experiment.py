@@ -130,7 +130,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
         (rundir.stage / LAYERS).write_text(layers)
     inputs = {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}  # also kept in model.pt
     meta = {"params": count_params(model), "non_trainable_params": count_params(model, trainable=False), **inputs}
-    rows: list[dict] = []
+    rows: list[dict] = list(found.state["rows"]) if found is not None else []  # the epochs saved so far
     # What a run costs besides training (model, data, and afterwards the files and Grad-CAM): in a study
     # on a GPU it was most of each run's wall time (BENCHMARKS.md, "second window").
     meta["setup_seconds"] = time.perf_counter() - started
@@ -140,9 +140,6 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
         write_history(rundir.stage, rows, meta)
         if on_epoch is not None:
             on_epoch(row)
-
-    if found is not None:
-        rows += found.state["rows"]
 
     try:
         history = train(model, data, cfg.train, log=log, on_epoch=saved, resume=found.state if found else None,
