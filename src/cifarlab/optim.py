@@ -117,7 +117,4 @@ def penalty_terms(model: nn.Module, reg: RegConfig) -> list[tuple[float, int, to
 
 def penalty(terms: list[tuple[float, int, torch.Tensor]]) -> torch.Tensor | int:
     """Sum of lambda * sum(|w|) (power 1) or lambda * sum(w^2) (power 2); 0 when nothing is penalised."""
-    total: torch.Tensor | int = 0
-    for lam, power, w in terms:
-        total = total + lam * (w.abs().sum() if power == 1 else w.pow(2).sum())
-    return total
+    return sum(lam * (w.abs().sum() if power == 1 else w.pow(2).sum()) for lam, power, w in terms)
