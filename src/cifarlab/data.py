@@ -12,7 +12,7 @@ import hashlib
 import os
 import pickle
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,15 +70,8 @@ class DataSplits:
     test_images: np.ndarray | None  # (N, 32, 32, 3) uint8, for misclassified-image grids
 
     def to(self, device: torch.device | str) -> "DataSplits":
-        return DataSplits(
-            self.train.to(device),
-            self.val.to(device) if self.val is not None else None,
-            self.test.to(device) if self.test is not None else None,
-            self.classes,
-            self.mean,
-            self.std,
-            self.test_images,
-        )
+        return replace(self, train=self.train.to(device), val=self.val.to(device) if self.val is not None else None,
+                       test=self.test.to(device) if self.test is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,16 +108,15 @@ class _BatchUnpickler(pickle.Unpickler):
     """Unpickles what the official batches hold (dicts, lists, str, bytes, numbers, numpy arrays of
     numbers) and refuses every other global, so a crafted batch cannot run code when it is loaded."""
 
+    _BUILTINS = ("bytes", "bytearray", "str", "int", "float", "bool", "list", "tuple", "dict", "set", "frozenset")
     ALLOWED = {
         # numpy arrays and their dtypes (numpy < 2 and >= 2 module names; _frombuffer: pickle protocol 5)
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("_codecs", "encode"),  # how pickle protocols 0-2 spell bytes
-        *(("builtins", n) for n in ("bytes", "bytearray", "str", "int", "float", "bool", "list", "tuple", "dict",
-                                    "set", "frozenset")),
-        *(("__builtin__", n) for n in ("bytes", "bytearray", "str", "int", "float", "bool", "list", "tuple", "dict",
-                                       "set", "frozenset", "unicode", "long")),
+        *(("builtins", n) for n in _BUILTINS),
+        *(("__builtin__", n) for n in (*_BUILTINS, "unicode", "long")),  # Python 2's name for the module
     }
 
     def find_class(self, module: str, name: str):
@@ -169,15 +161,8 @@ def _read_batches(folder: Path) -> Cifar10:
     if not isinstance(classes, (list, tuple)) or len(classes) != len(CLASSES) or \
             not all(isinstance(c, str) for c in classes):
         raise DataError(f"'{folder / 'batches.meta'}' does not name the {len(CLASSES)} classes (label_names)")
-    classes = tuple(classes)
-    return Cifar10(
-        np.concatenate([p[0] for p in parts]),
-        np.concatenate([p[1] for p in parts]),
-        test_x,
-        test_y,
-        classes,
-        str(folder),
-    )
+    train_x, train_y = (np.concatenate(arrays) for arrays in zip(*parts))
+    return Cifar10(train_x, train_y, test_x, test_y, tuple(classes), str(folder))
 
 
 def _labels(labels: np.ndarray, n: int, where: Path | str) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cifarlab import safety
 from cifarlab.config import RunConfig, to_dict
 from cifarlab.console import log_line
 from cifarlab.data import CLASSES, DataSplits, load_cifar10, make_splits
@@ -17,7 +18,7 @@ from cifarlab.explain import save_explanations
 from cifarlab.models import check_budget, check_output, count_params, model_from_config, resolve
 from cifarlab.models.external import source_code
 from cifarlab.resume import CHECKPOINT, choose as resume_from, save as save_state
-from cifarlab.rundir import RunDir, check_free, code_version, save_checkpoint, write_history, write_json
+from cifarlab.rundir import RunDir, code_version, save_checkpoint, write_history, write_json
 from cifarlab.train import History, resolve_device, seed_everything, train
 
 SOURCE_COPY = "model_source.py"  # a run's copy of the file its model came from
@@ -115,7 +116,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     device = resolve_device(cfg.train.device)
     code = source_code(cfg.model.source)  # read before the folder exists: a file that changed fails cleanly
     layers = layers_json(model)
-    check_free(out, overwrite)  # before the data load, which can take a while on a first start
+    safety.check_output(out, overwrite)  # a refused folder, before the data load (which can take a while)
     config = {**to_dict(cfg), "version": code_version()}
     found = resume_from(out, config, device.type, resume=resume != "no", overwrite=overwrite, insist=resume == "yes")
     if data is None:
@@ -130,7 +131,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
         (rundir.stage / LAYERS).write_text(layers)
     inputs = {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}  # also kept in model.pt
     meta = {"params": count_params(model), "non_trainable_params": count_params(model, trainable=False), **inputs}
-    rows: list[dict] = []
+    rows: list[dict] = list(found.state["rows"]) if found is not None else []  # the epochs saved so far
     # What a run costs besides training (model, data, and afterwards the files and Grad-CAM): in a study
     # on a GPU it was most of each run's wall time (BENCHMARKS.md, "second window").
     meta["setup_seconds"] = time.perf_counter() - started
@@ -140,9 +141,6 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
         write_history(rundir.stage, rows, meta)
         if on_epoch is not None:
             on_epoch(row)
-
-    if found is not None:
-        rows += found.state["rows"]
 
     try:
         history = train(model, data, cfg.train, log=log, on_epoch=saved, resume=found.state if found else None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import typing
+from functools import partial
 from typing import Callable
 
 import torch
@@ -37,16 +38,12 @@ def _sgd(groups, o: OptimConfig, device):
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, **_fast(device))
 
 
-def _adam(groups, o: OptimConfig, device):
-    return torch.optim.Adam(groups, lr=o.lr, betas=(o.momentum, 0.999), **_fast(device))
-
-
-def _adamw(groups, o: OptimConfig, device):
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.999), **_fast(device))
+def _adam(groups, o: OptimConfig, device, cls=torch.optim.Adam):  # AdamW takes the same arguments
+    return cls(groups, lr=o.lr, betas=(o.momentum, 0.999), **_fast(device))
 
 
 # Keys are the names config.Optimizer allows (checked below): OptimConfig validates the name once.
-OPTIMIZERS: dict[str, Callable] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
+OPTIMIZERS: dict[str, Callable] = {"sgd": _sgd, "adam": _adam, "adamw": partial(_adam, cls=torch.optim.AdamW)}
 
 
 def create_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -120,7 +117,4 @@ def penalty_terms(model: nn.Module, reg: RegConfig) -> list[tuple[float, int, to
 
 def penalty(terms: list[tuple[float, int, torch.Tensor]]) -> torch.Tensor | int:
     """Sum of lambda * sum(|w|) (power 1) or lambda * sum(w^2) (power 2); 0 when nothing is penalised."""
-    total: torch.Tensor | int = 0
-    for lam, power, w in terms:
-        total = total + lam * (w.abs().sum() if power == 1 else w.pow(2).sum())
-    return total
+    return sum(lam * (w.abs().sum() if power == 1 else w.pow(2).sum()) for lam, power, w in terms)

@@ -134,11 +134,8 @@ def find(out: Path) -> list[Found]:
     incomplete = out.with_name(out.name + ".incomplete")
     if incomplete.is_dir() and not incomplete.is_symlink() and is_run_folder(incomplete):
         found.append(_read(incomplete))
-    for stage in stale_stages(out.parent, out.name):
-        candidate = _read(stage)
-        if candidate.state is not None:  # a killed run's stage without one is only cleaned away
-            found.append(candidate)
-    return found
+    # A killed run's stage without a usable checkpoint is only cleaned away.
+    return found + [f for f in map(_read, stale_stages(out.parent, out.name)) if f.state is not None]
 
 
 def _read(folder: Path) -> Found:

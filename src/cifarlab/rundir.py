@@ -65,18 +65,13 @@ def save_checkpoint(path: Path, model: nn.Module, config: dict, extra: dict | No
     os.replace(tmp, path)
 
 
-def check_free(out: str | os.PathLike, overwrite: bool = False) -> None:
-    """Refuse an output folder cifarlab may not use (safety.check_output): callable early, before slow work."""
-    check_output(out, overwrite)
-
-
 class RunDir:
     """Builds a run folder in a hidden staging folder; `commit()` moves it into place."""
 
     def __init__(self, out: str | os.PathLike, overwrite: bool = False, adopt: Path | None = None) -> None:
         """`adopt`: go on in that folder (`out.incomplete`, or a killed run's stage), taken over by a rename."""
         self.out = Path(out)
-        check_free(self.out, overwrite)
+        check_output(self.out, overwrite)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.stage = new_stage(self.out)
         if adopt is not None:

@@ -284,6 +284,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         if history.rows[-1].get("diverged"):
             history.meta["diverged_at_epoch"] = done
             done = cfg.epochs  # it stopped there, and stays stopped
+    eval_model = ema.model if ema is not None else net  # the epochs' evaluations, and the test logits
     run_start = time.perf_counter()
     show_loss = not use_cuda  # reading the loss costs a host sync: only worth it on CPU
     for epoch in range(done + 1, cfg.epochs + 1):
@@ -314,7 +315,6 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         if use_cuda:
             torch.cuda.synchronize(device)  # the one wait of the epoch, to time the loop apart from evaluation
         loop_seconds = time.perf_counter() - t0
-        eval_model = ema.model if ema is not None else net
         row, history.test_logits = _epoch_row(epoch, step.loss_sum, step.correct, steps * bs, rows[0][0]["lr"],
                                               eval_model, data, cfg, autocast, fmt)
         row["seconds"] = time.perf_counter() - t0
@@ -339,16 +339,14 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
             break
     if history.test_logits is None and data.test is not None and resume is not None:
         # Resumed after its last epoch (killed before the folder was complete): its test logits again.
-        eval_model = ema.model if ema is not None else net
         history.test_logits = _evaluate(eval_model, data.test, cfg, autocast, fmt, cfg.tta)[1]
     if ema is not None:
         model.load_state_dict(ema.model.state_dict())
     if history.test_logits is not None:
         history.test_logits = history.test_logits.cpu()
-    train_seconds = before + time.perf_counter() - run_start
     loop_seconds = sum(r["train_seconds"] for r in history.rows)
     # images/s counts the training loop only (augmentation, forward, backward, step), not evaluation.
-    history.meta.update(train_seconds=train_seconds,
+    history.meta.update(train_seconds=before + time.perf_counter() - run_start,
                         images_per_second=steps * bs * len(history.rows) / max(loop_seconds, 1e-9))
     return history
 
@@ -411,10 +409,8 @@ def _epoch_row(epoch, loss_sum, correct, seen, lr, model, data: DataSplits, cfg,
         ev, test_logits = _evaluate(model, data.test, cfg, autocast, fmt, cfg.tta,
                                     rich_tta=cfg.tta and epoch == cfg.epochs)
         metrics.update({f"test_{k}": v for k, v in ev.items()})
-    values = torch.stack([v.float() for v in metrics.values()]).tolist()
-    row = {"epoch": epoch}
-    row.update({k: float(v) for k, v in zip(metrics, values)})
-    row["lr"] = float(lr)
+    values = torch.stack([v.float() for v in metrics.values()]).tolist()  # Python floats
+    row = {"epoch": epoch, **dict(zip(metrics, values)), "lr": float(lr)}
     if not all(math.isfinite(row[k]) for k in ("train_loss", "val_loss", "test_loss") if k in row):
         row["diverged"] = True
     return row, test_logits
@@ -434,8 +430,8 @@ def _warm_up(step: TrainStep, data: DataSplits, cfg: TrainConfig, xb, yb, autoca
             # Every batch shape evaluation will see (a full batch and the ragged last one), so no
             # recompilation lands inside the timed epochs.
             ragged = len(split) % cfg.eval_batch_size
-            for xs in (split.x[: cfg.eval_batch_size], split.x[len(split) - ragged:] if ragged else None):
-                if xs is not None and len(xs):
+            for xs in (split.x[: cfg.eval_batch_size], split.x[len(split) - ragged:]):
+                if len(xs):  # no ragged batch: an empty slice
                     predict(step.net, xs, cfg.eval_batch_size, cfg.tta, autocast, fmt)
 
 
