@@ -34,12 +34,6 @@ class Geom:
     def input(cls, n: Pair) -> Geom:
         return cls(n, (1, 1), (1, 1), (0.0, 0.0))
 
-    def field(self, unit: Pair) -> tuple[tuple[float, float], tuple[float, float]]:
-        """(first, last) input pixel seen by `unit` on each axis, before clipping to the image."""
-        (h0, h1), (w0, w1) = ((self.start[a] + unit[a] * self.j[a] - (self.r[a] - 1) / 2,
-                               self.start[a] + unit[a] * self.j[a] + (self.r[a] - 1) / 2) for a in (0, 1))
-        return (h0, h1), (w0, w1)
-
 
 class _Flat:
     """Marks a tensor computed from the input that has lost its (C, H, W) layout (flatten, permute, ...)."""
