@@ -65,10 +65,9 @@ def pair(value) -> Pair:
 
 def slide(g: Geom, w: Window, n_out: Pair) -> Geom:
     """The map after window `w` slides over `g`."""
-    (jh, rh, sh), (jw, rw, sw) = (
-        _slide_axis(g.j[a], g.r[a], g.start[a], w.kernel[a], w.stride[a], w.padding[a], w.dilation[a])
-        for a in (0, 1))
-    return Geom(n_out, (jh, jw), (rh, rw), (sh, sw))
+    j, r, start = zip(*(_slide_axis(g.j[a], g.r[a], g.start[a], w.kernel[a], w.stride[a], w.padding[a], w.dilation[a])
+                        for a in (0, 1)))
+    return Geom(n_out, j, r, start)
 
 
 def _slide_axis(j: int, r: int, start: float, k: int, s: int, p: int, d: int) -> tuple[int, int, float]:
