@@ -162,8 +162,7 @@ class _Walker(fx.Interpreter):
             if isinstance(out, torch.Tensor) and out.dim() == 4:
                 g = Geom.input((out.shape[-2], out.shape[-1]))
                 self.geom[n] = g
-                self.rows.append(LayerRow("input", "input", "input", None, None, None, None, None, g.n, None, g.j,
-                                          None, g.r, g.start, tuple(out.shape[1:]), 0, 0))
+                self._add_row("input", "input", None, None, g, out, 0, 0)
             return
         if n.op in ("get_attr", "output"):
             return
@@ -202,14 +201,11 @@ class _Walker(fx.Interpreter):
 
     def _add_row(self, name: str, kind: str, w: Window | None, g_in: Geom | None, g_out: Geom | None, out: Any,
                  params: int, macs: int) -> None:
-        self.rows.append(LayerRow(
-            name, name, kind,
-            w.kernel if w else None, w.stride if w else None, w.padding if w else None, w.dilation if w else None,
-            g_in.n if g_in else None, g_out.n if g_out else None,
-            g_in.j if g_in else None, g_out.j if g_out else None,
-            g_in.r if g_in else None, g_out.r if g_out else None,
-            g_out.start if g_out else None,
-            tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else (), params, macs))
+        window = (w.kernel, w.stride, w.padding, w.dilation) if w else (None,) * 4
+        # n_in, n_out, j_in, j_out, r_in, r_out
+        geometry = [getattr(g, key) if g else None for key in ("n", "j", "r") for g in (g_in, g_out)]
+        self.rows.append(LayerRow(name, name, kind, *window, *geometry, g_out.start if g_out else None,
+                                  tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else (), params, macs))
 
     def _new_params(self, n: fx.Node, module: nn.Module | None) -> int:
         if module is not None:
