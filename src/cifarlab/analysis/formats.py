@@ -47,9 +47,8 @@ def _cells(r: LayerRow) -> list[str]:
     if r.n_out is None:  # no spatial map any more (after flatten), or not a map at all
         geometry = ["-"] * 6
     else:  # the input row and merges have no single input map
-        geometry = [fmt_pair(r.n_in), fmt_pair(r.n_out), fmt_pair(r.j_in), fmt_pair(r.j_out),
-                    fmt_pair(r.r_in), fmt_pair(r.r_out)]
-    return [r.label, r.type, fmt_pair(r.kernel), fmt_pair(r.stride), fmt_pair(r.padding), fmt_pair(r.dilation),
+        geometry = list(map(fmt_pair, (r.n_in, r.n_out, r.j_in, r.j_out, r.r_in, r.r_out)))
+    return [r.label, r.type, *map(fmt_pair, (r.kernel, r.stride, r.padding, r.dilation)),
             *geometry, "x".join(map(str, r.out_shape)), f"{r.params:,}", f"{r.macs:,}"]
 
 
