@@ -30,7 +30,7 @@ def trial_dir(number: int) -> str:
 
 def short(values: dict[str, Any]) -> str:
     """'lr=0.1, batch_size=64': parameter values by the last part of their path."""
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={format(v, '.4g') if isinstance(v, float) else v}"
                      for k, v in values.items())
 
 
