@@ -34,12 +34,6 @@ def short(values: dict[str, Any]) -> str:
                      for k, v in values.items())
 
 
-def read_info(folder: Path) -> dict[str, Any] | None:
-    """The sweep folder's sweep.json, or None when `folder` is not a sweep folder."""
-    path = Path(folder) / INFO_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -65,7 +59,8 @@ def stored_spec(study: optuna.Study) -> SweepSpec:
 
 def open_existing(folder: Path, url: str | None) -> optuna.Study:
     """The search a sweep folder (or a URL) holds, for reading: the report, bench/tuned.py."""
-    info = read_info(folder) or {}
+    info_path = Path(folder) / INFO_NAME  # sweep.json: absent when `folder` is not a sweep folder
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     if url is None and info.get("storage"):
         raise ConfigError(f"sweep '{info.get('name')}' is stored in {info['storage']}: pass --storage URL")
     if url is None and not (folder / JOURNAL_NAME).is_file():
