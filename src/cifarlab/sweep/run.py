@@ -303,10 +303,6 @@ def summary(study: optuna.Study) -> str:
     return text
 
 
-def final_seeds(cfg: RunConfig, n: int) -> list[int]:
-    return [cfg.train.seed + FINAL_SEED_OFFSET + k for k in range(n)]
-
-
 def retrain_winner(spec: SweepSpec, folder: Path, study: optuna.Study, n: int,
                    log: Callable[[str], None] = log_line) -> Path:
     """Train the best trial's config on all training images with `n` fresh seeds, into folder/final/.
@@ -333,9 +329,10 @@ def retrain_winner(spec: SweepSpec, folder: Path, study: optuna.Study, n: int,
                        spec=spec.text, experiments=experiments, descriptions=descriptions, baseline=name,
                        budget=to_dict(spec.budget), val=0, winner=best.number)
         done = store.done()
-        seeds = [s for s in final_seeds(cfg, n) if (name, s) not in done]
+        wanted = [cfg.train.seed + FINAL_SEED_OFFSET + k for k in range(n)]
+        seeds = [s for s in wanted if (name, s) not in done]
         log(f"final: trial {best.number} (val {best.value:.4f}) on all training images, seeds "
-            f"{', '.join(map(str, final_seeds(cfg, n)))}; {len(seeds)} to train -> {out}")
+            f"{', '.join(map(str, wanted))}; {len(seeds)} to train -> {out}")
         for seed in seeds:
             run_cfg = with_seed(cfg, seed)
             rel = run_dir_name(name, seed)
