@@ -22,7 +22,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import Trial, TrialState
 
-from cifarlab.config import RunConfig, SearchParam, to_dict
+from cifarlab.config import SearchParam, to_dict
 from cifarlab.console import log_line, plural
 from cifarlab.errors import CifarlabError, ConfigError
 from cifarlab.rundir import write_json
@@ -88,23 +88,19 @@ def open_study(spec: SweepSpec, storage: SweepStorage) -> optuna.Study:
     return study
 
 
-def trial_data(cfg: RunConfig):
-    """The trial's data: training and validation splits only, so nothing a trial does can read the test set."""
-    from cifarlab.experiment import load_data
-
-    return replace(load_data(cfg), test=None, test_images=None)
-
-
 class _Worker:
     """One process's share of the search: claim a trial, train it, tell Optuna; until the count is reached."""
 
     def __init__(self, spec: SweepSpec, folder: Path, url: str | None, trials: int, log: Callable[[str], None]):
+        from cifarlab.experiment import load_data
+
         self.spec, self.folder, self.trials, self.log = spec, folder, trials, log
         self.storage = open_storage(folder, url, spec.options)
         self.study = open_study(spec, self.storage)
         # Loaded once per process, before any trial is claimed (a missing data folder is one error, not a
-        # failed trial each): a sweep never varies data.*, so every trial trains on the same split.
-        self.data = trial_data(spec.config({}))
+        # failed trial each): a sweep never varies data.*, so every trial trains on the same split. Training
+        # and validation splits only, so nothing a trial does can read the test set.
+        self.data = replace(load_data(spec.config({})), test=None, test_images=None)
 
     def claim(self) -> tuple[Trial, dict[str, Any]] | str:
         """The next trial and its values; "done" when the search has all its trials and none is running;
