@@ -242,8 +242,7 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, *, url: str | None
     log(f"sweep '{spec.name}': {plural(options.trials, 'trial')} in all, {before} already there, "
         f"{plural(jobs, 'worker')} here; storage {storage.where}")
     started = time.perf_counter()
-    trials_now = study.get_trials(deepcopy=False)
-    finished = before >= options.trials and all(t.state.is_finished() for t in trials_now)
+    finished = before >= options.trials and all(t.state.is_finished() for t in study.get_trials(deepcopy=False))
     if jobs == 1:
         _Worker(spec, folder, url, options.trials, log).run(timeout)
     elif not finished:  # spawning workers costs seconds each (torch): only when there is work
