@@ -329,15 +329,17 @@ def _clear_stale(folder: Path, keep: set[Path] = frozenset()) -> None:
             clear_stale_stages(sub, keep=lambda stage: stage in keep)
 
 
-def _pool_args(ctx, jobs: int) -> dict:
-    """ProcessPoolExecutor arguments: workers die with the study and take a GPU each, round robin."""
+def _pool(jobs: int) -> ProcessPoolExecutor:
+    """A pool of `jobs` spawned processes that die with the study and take a GPU each, round robin."""
+    ctx = get_context("spawn")
     gpus = _gpu_count()
     devices = None
     if gpus > 1:  # one GPU per worker, round robin; with one GPU every worker shares it
         devices = ctx.Queue()
         for i in range(jobs):
             devices.put(f"cuda:{i % gpus}")
-    return {"initializer": _start_worker, "initargs": (os.getpid(), devices)}
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_start_worker,
+                               initargs=(os.getpid(), devices))
 
 
 def _execute(tasks: list[tuple[str, int, RunConfig, Path]], jobs: int, log: Callable[[str], None] | None = None,
@@ -349,8 +351,7 @@ def _execute(tasks: list[tuple[str, int, RunConfig, Path]], jobs: int, log: Call
             yield _run_one(*task, log=log, tensorboard=tensorboard)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **_pool_args(ctx, jobs)) as pool:
+    with _pool(jobs) as pool:
         futures = [pool.submit(_run_one, *task, threads, None, tensorboard) for task in tasks]
         try:
             for future in as_finished(futures):

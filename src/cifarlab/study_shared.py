@@ -10,13 +10,11 @@ import json
 import os
 import socket
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 from cifarlab.console import log_line, plural
 from cifarlab.store_pg import MARKER, PgStore, display_url
-from cifarlab.study import StudySpec, _clear_stale, _pool_args, _run_one, as_finished, with_seed
+from cifarlab.study import StudySpec, _clear_stale, _pool, _run_one, as_finished, with_seed
 
 # A shared study's claims: a worker beats every CLAIM_HEARTBEAT seconds while it trains; a run whose
 # worker has not beaten for CLAIM_GRACE seconds (killed, machine gone) is handed to another worker.
@@ -39,9 +37,8 @@ def run_shared(spec: StudySpec, folder: Path, url: str, store, n_seeds: int, job
     if jobs == 1:
         shared_worker(*args, log=log, tensorboard=tensorboard)
     else:
-        ctx = get_context("spawn")
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **_pool_args(ctx, jobs)) as pool:
+        with _pool(jobs) as pool:
             for future in as_finished([pool.submit(shared_worker, *args, threads, tensorboard=tensorboard)
                                        for _ in range(jobs)]):
                 future.result()
