@@ -97,13 +97,11 @@ def merge(branches: list[Geom], n_out: Pair) -> Geom:
         raise GeometryError(f"the merged branches have different jumps ({listed})")
     # Each unit sees the union of its branches' fields. With centred branches (the usual case) this is the
     # largest branch field; off-centre branches (e.g. uneven padding) widen it further.
-    r, start = [], []
-    for axis in range(2):
-        lo = min(g.start[axis] - (g.r[axis] - 1) / 2 for g in branches)
-        hi = max(g.start[axis] + (g.r[axis] - 1) / 2 for g in branches)
-        r.append(round(hi - lo) + 1)
-        start.append((lo + hi) / 2)
-    return Geom(n_out, branches[0].j, (r[0], r[1]), (start[0], start[1]))
+    lo = [min(g.start[axis] - (g.r[axis] - 1) / 2 for g in branches) for axis in (0, 1)]
+    hi = [max(g.start[axis] + (g.r[axis] - 1) / 2 for g in branches) for axis in (0, 1)]
+    r = (round(hi[0] - lo[0]) + 1, round(hi[1] - lo[1]) + 1)
+    start = ((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2)
+    return Geom(n_out, branches[0].j, r, start)
 
 
 def fmt_pair(p: Pair | None) -> str:
