@@ -262,14 +262,13 @@ def _run_processes(spec, folder, url, trials, timeout, jobs, log) -> None:
         p.start()
     failed = []
     try:
-        running = list(procs)
+        running = {p.sentinel: p for p in procs}
         while running:
             # Join each worker as soon as it ends: a killed one must not linger as a zombie, which the
             # journal's dead-worker check would take for alive.
-            for sentinel in wait([p.sentinel for p in running]):
-                p = next(p for p in running if p.sentinel == sentinel)
+            for sentinel in wait(list(running)):
+                p = running.pop(sentinel)
                 p.join()
-                running.remove(p)
                 if p.exitcode:
                     failed.append(p.name)
                     log(f"{p.name} ended with exit code {p.exitcode}; the others go on")
