@@ -489,6 +489,26 @@ def test_three_workers_share_one_postgres_search_and_a_killed_ones_trial_is_retr
     assert "Best trials" in (tmp_path / "m0" / "report.html").read_text()
 
 
+@pytest.mark.postgres
+def test_a_postgres_trial_whose_worker_died_right_after_its_claim_is_failed_and_run_again(tmp_path, data,
+                                                                                        postgres_url):
+    # Optuna's stale check passes over a trial that never beat: a worker killed after its claim, before
+    # `beating` sent a first heartbeat, left a running trial that the search then waited for forever.
+    text = spec_text(data, epochs=1, sweep="heartbeat = 1\ngrace = 3")
+    spec = load_sweep_spec(write(tmp_path / "s.toml", text.replace('name = "t"', 'name = "claim"')
+                                 .replace("trials = 6", "trials = 2")))
+    from cifarlab.sweep.run import _Worker
+
+    out = tmp_path / "out"
+    out.mkdir()
+    claimed = _Worker(spec, out, postgres_url, 2, lambda line: None).claim()  # claimed, never run: died here
+    assert claimed not in ("wait", "done")
+    lines: list[str] = []
+    run_sweep(spec, out, url=postgres_url, timeout=120, log=lines.append)
+    check_finished(trials_of(out, postgres_url), total=2, killed=1)
+    assert "trial 0: its worker died; its parameters are queued again" in lines
+
+
 # ---------------------------------------------------------------------------------------------
 # Redis: the same, on Optuna's Redis journal, where a worker's key that expires stands for the heartbeat
 

@@ -117,6 +117,7 @@ class _Worker:
             # Under the lock the next new trial's number is the trial count (a waiting retry keeps its values).
             self.study.sampler = _sampler(self.spec, len(trials))
             trial = self.study.ask()
+            self.storage.first_beat(trial._trial_id)  # before the tag: dying in between leaves an orphan
             trial.set_user_attr(WORKER_ATTR, worker_id())
             values = {path: _suggest(trial, path, p) for path, p in self.spec.search.items()}
         return trial, values

@@ -62,6 +62,9 @@ class SweepStorage:
         """Hold the search's claim lock: one worker at a time counts trials and asks for the next."""
         raise NotImplementedError
 
+    def first_beat(self, trial_id: int) -> None:
+        """Show that a trial just asked for has a live worker, under the claim lock (where liveness needs a signal)."""
+
     @contextlib.contextmanager
     def beating(self, trial_id: int) -> Iterator[None]:
         """Show that the trial's worker is alive until the block ends (where liveness needs a signal)."""
@@ -129,9 +132,13 @@ class PostgresStorage(SweepStorage):
         with _advisory_lock(self.optuna.engine, f"cifarlab-sweep:{study_name}"):
             yield
 
+    def first_beat(self, trial_id: int) -> None:
+        # Optuna's stale check passes over a trial that never beat: one whose worker died between its claim
+        # and `beating` would be waited for forever.
+        self.optuna.record_heartbeat(trial_id)
+
     @contextlib.contextmanager
     def beating(self, trial_id: int) -> Iterator[None]:
-        self.optuna.record_heartbeat(trial_id)  # before any stale check can see the trial without one
         with beating_thread(lambda: self.optuna.record_heartbeat(trial_id), self.optuna.get_heartbeat_interval(),
                             f"heartbeat-{trial_id}"):
             yield
