@@ -490,6 +490,9 @@ def test_three_workers_share_one_postgres_search_and_a_killed_ones_trial_is_retr
 
 
 @pytest.mark.postgres
+# In-process, where pytest resets the filters sweep/storage.py sets for users: Optuna's notes on heartbeats.
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",
+                            "ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_postgres_trial_whose_worker_died_right_after_its_claim_is_failed_and_run_again(tmp_path, data,
                                                                                         postgres_url):
     # Optuna's stale check passes over a trial that never beat: a worker killed after its claim, before
