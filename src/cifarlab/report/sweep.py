@@ -226,8 +226,8 @@ def build_sweep_report(folder: Path, url: str | None = None, data_root: str | No
     description = study.user_attrs.get("description")
     if description:
         blocks.append(Para(description))
-    blocks += [Heading(2, "Best trials", "best"),
-               best_table(trials, names) if states[TrialState.COMPLETE] else Para("No trial has completed yet.", "warn")]
+    blocks += [Heading(2, "Best trials", "best"), best_table(trials, names) if states[TrialState.COMPLETE]
+               else Para("No trial has completed yet.", "warn")]
     blocks.append(Para(f"Objective: final-epoch validation accuracy (maximised). {len(states[TrialState.PRUNED])} "
                        f"trial(s) were pruned (stopped early by the pruner), {len(states[TrialState.FAIL])} failed.",
                        "note"))

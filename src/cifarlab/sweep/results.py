@@ -60,7 +60,8 @@ def stored_spec(study: optuna.Study) -> SweepSpec:
 def open_existing(folder: Path, url: str | None) -> optuna.Study:
     """The search a sweep folder (or a URL) holds, for reading: the report, bench/tuned.py."""
     info_path = Path(folder) / INFO_NAME  # sweep.json: absent when `folder` is not a sweep folder
-    info = (json.loads(info_path.read_text()) if info_path.is_file() else None) or {}  # a null file: none
+    # No file, or one that holds null, is no info.
+    info = (json.loads(info_path.read_text()) if info_path.is_file() else None) or {}
     if url is None and info.get("storage"):
         raise ConfigError(f"sweep '{info.get('name')}' is stored in {info['storage']}: pass --storage URL")
     if url is None and not (folder / JOURNAL_NAME).is_file():

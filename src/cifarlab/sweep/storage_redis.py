@@ -65,13 +65,14 @@ class RedisStorage(SweepStorage):
     def claim(self, study_name: str) -> Iterator[None]:
         with self.client.lock(f"{KEY}:{study_name}:claim", timeout=CLAIM_TTL, sleep=0.05):
             yield
-            # Before the lock goes: the trial just asked for has a live worker key by the time any other
-            # worker can look for dead ones (beating renews it from here on).
-            self._beat()
+
+    def first_beat(self, trial_id: int) -> None:
+        # Under the claim lock: the trial just asked for has a live worker key by the time any other worker
+        # can look for dead ones (beating renews it from here on).
+        self._beat()
 
     @contextlib.contextmanager
     def beating(self, trial_id: int) -> Iterator[None]:
-        self._beat()
         with beating_thread(self._beat, self.interval, f"heartbeat-{trial_id}"):
             yield
 
