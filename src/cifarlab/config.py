@@ -496,6 +496,12 @@ class SpecFile(Settings):
                                check=folder_name_problem)
     description: str = setting("", "one line shown in the report")
     seeds: int = setting(1, "seeds per experiment", ge=1)
+    # auto = on with CUDA, where K stacked seeds fill a GPU that one 50k-parameter net leaves mostly idle;
+    # off on a CPU, where vmap's grouped convolutions made 3 seeds take 2.5x as long as one after another
+    # (2-core CPU, budget-net, 2026-12). BENCHMARKS.md has the GPU measurement behind the default.
+    seeds_together: Switch = setting("auto", "train an experiment's seeds as one batched computation in one "
+                                             "process, each seed still its own run; auto = on with CUDA",
+                                     flag="--seeds-together")
     budget: Budget = setting(factory=Budget)
     data: dict[str, Any] = setting(factory=dict, help="DataConfig defaults for every experiment")
     model: dict[str, Any] = setting(factory=dict, help="ModelConfig defaults for every experiment")

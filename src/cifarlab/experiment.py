@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -17,9 +18,9 @@ from cifarlab.data import CLASSES, DataSplits, load_cifar10, make_splits
 from cifarlab.explain import save_explanations
 from cifarlab.models import check_budget, check_output, count_params, model_from_config, resolve
 from cifarlab.models.external import source_code
-from cifarlab.resume import CHECKPOINT, choose as resume_from, save as save_state
+from cifarlab.resume import CHECKPOINT, Found, choose as resume_from, save as save_state
 from cifarlab.rundir import RunDir, code_version, save_checkpoint, write_history, write_json
-from cifarlab.train import History, resolve_device, seed_everything, train
+from cifarlab.train import History, Seed, resolve_device, seed_everything, train, train_seeds
 
 SOURCE_COPY = "model_source.py"  # a run's copy of the file its model came from
 LAYERS = "layers.json"  # the model's layer table as data: reports read it instead of rebuilding the model
@@ -111,6 +112,137 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     an `.incomplete` of other settings; "no": start afresh (resume.choose says what that refuses).
     `overwrite` with "no" starts afresh whatever is there.
     """
+    run = _check(cfg, out, overwrite, model, on_epoch, resume)
+    if data is None:
+        data = load_data(run.cfg)
+    run.open(data, overwrite, log)
+    try:
+        history = train(run.model, data, run.cfg.train, log=log, on_epoch=run.saved, checkpoint=run.checkpoint,
+                        resume=run.found.state if run.found else None)
+    except StopRun as stop:
+        write_history(run.rundir.stage, run.rows, {**run.meta, "stopped": str(stop)})
+        save_checkpoint(run.rundir.stage / "model.pt", run.model, run.config, run.inputs)
+        (run.rundir.stage / CHECKPOINT).unlink(missing_ok=True)
+        run.rundir.commit()
+        raise
+    except BaseException:
+        run.abandon(log)
+        raise
+    run.finish(history, data, log)
+    return history
+
+
+def run_experiments(cfgs: list[RunConfig], outs: list[Path], *, data: DataSplits | None = None,
+                    logs: list[Callable[[str], None] | None], on_epochs: list[Callable[[dict], None] | None],
+                    log: Callable[[str], None] | None = log_line) -> list[History]:
+    """The runs of one experiment's seeds (configs that differ in `train.seed` alone), trained together
+    (train.train_seeds), each into its own complete run folder as `run_experiment(..., overwrite=True,
+    resume="auto")` writes it: a seed is done once its folder is, whatever the others still do.
+
+    `logs[i]`, `on_epochs[i]`: run i's epoch lines and rows; `log`: lines about the batch (a fallback to one
+    seed at a time). Interrupted, every run not yet done keeps its finished epochs, as run_experiment does.
+    """
+    runs = [_check(cfg, out, True, None, on_epoch, "auto") for cfg, out, on_epoch in zip(cfgs, outs, on_epochs)]
+    if data is None:
+        data = load_data(runs[0].cfg)
+    histories: list[History | None] = [None] * len(runs)
+    for run, run_log in zip(runs, logs):
+        run.open(data, True, run_log)
+
+    def done(i: int, history: History) -> None:
+        runs[i].finish(history, data, logs[i])
+        histories[i] = history
+
+    # Seeds train together from one epoch: those resumed from later checkpoints form batches of their own.
+    batches: dict[int, list[int]] = {}
+    for i, run in enumerate(runs):
+        batches.setdefault(run.found.epoch if run.found else 0, []).append(i)
+    try:
+        for batch in batches.values():
+            train_seeds([Seed(runs[i].model, runs[i].cfg.train, logs[i], runs[i].saved, runs[i].checkpoint,
+                              runs[i].found.state if runs[i].found else None, partial(done, i)) for i in batch],
+                        data, log)
+    except BaseException:
+        for run, history, run_log in zip(runs, histories, logs):
+            if history is None:
+                run.abandon(run_log)
+        raise
+    return histories
+
+
+@dataclass
+class _Run:
+    """A run between its checks and its complete folder (the phases run_experiment goes through)."""
+
+    cfg: RunConfig
+    model: nn.Module
+    out: Path
+    config: dict
+    found: Found | None
+    code: bytes | None
+    layers: str | None
+    on_epoch: Callable[[dict], None] | None
+    started: float
+    rundir: RunDir | None = None
+    inputs: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)  # the epochs saved so far
+
+    def open(self, data: DataSplits, overwrite: bool, log) -> None:
+        """The staging folder (adopting the checkpoint's, when resumed) with the run's config in it."""
+        self.rundir = RunDir(self.out, overwrite=overwrite, adopt=self.found.folder if self.found else None)
+        if self.found is not None and log is not None:
+            log(f"resuming after epoch {self.found.epoch} of {self.cfg.train.epochs} from '{self.found.folder}'")
+        stage = self.rundir.stage
+        write_json(stage / "config.json", self.config)
+        if self.code is not None:
+            (stage / SOURCE_COPY).write_bytes(self.code)
+        if self.layers is not None:
+            (stage / LAYERS).write_text(self.layers)
+        # The inputs the weights expect, also kept in model.pt.
+        self.inputs = {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}
+        self.meta = {"params": count_params(self.model), "non_trainable_params": count_params(self.model, trainable=False),
+                     **self.inputs}
+        self.rows = list(self.found.state["rows"]) if self.found is not None else []
+        # What a run costs besides training (model, data, and afterwards the files and Grad-CAM): in a study
+        # on a GPU it was most of each run's wall time (BENCHMARKS.md, "second window").
+        self.meta["setup_seconds"] = time.perf_counter() - self.started
+
+    def saved(self, row: dict) -> None:
+        self.rows.append(row)
+        write_history(self.rundir.stage, self.rows, self.meta)
+        if self.on_epoch is not None:
+            self.on_epoch(row)
+
+    def checkpoint(self, state: dict) -> None:
+        save_state(self.rundir.stage / CHECKPOINT, {**state, "config": self.config})
+
+    def abandon(self, log) -> None:
+        kept = self.rundir.abandon()
+        if kept is not None and log is not None:
+            log(f"interrupted: the {len(self.rows)} finished epoch(s) are kept in {kept}; the same command "
+                "continues from there")
+
+    def finish(self, history: History, data: DataSplits, log) -> None:
+        """Weights, predictions, Grad-CAM and the final history into the stage, then into place."""
+        finished = time.perf_counter()
+        stage = self.rundir.stage
+        save_checkpoint(stage / "model.pt", self.model, self.config, self.inputs)
+        if data.test is not None:  # a sweep trial has no test split
+            save_predictions(stage / "predictions.npz", history.test_logits, data.test.y)
+        save_explanations(stage, self.model, data, history, self.layers, log)
+        history.meta = {**self.meta, **history.meta, "save_seconds": time.perf_counter() - finished}
+        write_history(stage, history.rows, history.meta)
+        (stage / CHECKPOINT).unlink(missing_ok=True)  # a finished run has model.pt; nothing to continue
+        self.rundir.commit()
+        if self.rundir.overwrite and self.found is None:  # started afresh: an interrupted run into `out` is replaced
+            self.rundir.drop_incomplete()
+
+
+def _check(cfg: RunConfig, out: str | Path, overwrite: bool, model: nn.Module | None, on_epoch,
+           resume: Resume) -> _Run:
+    """Everything that can refuse a run, before any folder exists: config, device, model, budget, its file,
+    the output folder and what may be continued there."""
     started = time.perf_counter()
     cfg, model = prepare(cfg, model)
     device = resolve_device(cfg.train.device)
@@ -119,53 +251,4 @@ def run_experiment(cfg: RunConfig, out: str | Path, *, data: DataSplits | None =
     safety.check_output(out, overwrite)  # a refused folder, before the data load (which can take a while)
     config = {**to_dict(cfg), "version": code_version()}
     found = resume_from(out, config, device.type, resume=resume != "no", overwrite=overwrite, insist=resume == "yes")
-    if data is None:
-        data = load_data(cfg)
-    rundir = RunDir(out, overwrite=overwrite, adopt=found.folder if found else None)
-    if found is not None and log is not None:
-        log(f"resuming after epoch {found.epoch} of {cfg.train.epochs} from '{found.folder}'")
-    write_json(rundir.stage / "config.json", config)
-    if code is not None:
-        (rundir.stage / SOURCE_COPY).write_bytes(code)
-    if layers is not None:
-        (rundir.stage / LAYERS).write_text(layers)
-    inputs = {"classes": list(data.classes), "mean": list(data.mean), "std": list(data.std)}  # also kept in model.pt
-    meta = {"params": count_params(model), "non_trainable_params": count_params(model, trainable=False), **inputs}
-    rows: list[dict] = list(found.state["rows"]) if found is not None else []  # the epochs saved so far
-    # What a run costs besides training (model, data, and afterwards the files and Grad-CAM): in a study
-    # on a GPU it was most of each run's wall time (BENCHMARKS.md, "second window").
-    meta["setup_seconds"] = time.perf_counter() - started
-
-    def saved(row: dict) -> None:
-        rows.append(row)
-        write_history(rundir.stage, rows, meta)
-        if on_epoch is not None:
-            on_epoch(row)
-
-    try:
-        history = train(model, data, cfg.train, log=log, on_epoch=saved, resume=found.state if found else None,
-                        checkpoint=lambda state: save_state(rundir.stage / CHECKPOINT, {**state, "config": config}))
-    except StopRun as stop:
-        write_history(rundir.stage, rows, {**meta, "stopped": str(stop)})
-        save_checkpoint(rundir.stage / "model.pt", model, config, inputs)
-        (rundir.stage / CHECKPOINT).unlink(missing_ok=True)
-        rundir.commit()
-        raise
-    except BaseException:
-        kept = rundir.abandon()
-        if kept is not None and log is not None:
-            log(f"interrupted: the {len(rows)} finished epoch(s) are kept in {kept}; the same command continues "
-                "from there")
-        raise
-    finished = time.perf_counter()
-    save_checkpoint(rundir.stage / "model.pt", model, config, inputs)
-    if data.test is not None:  # a sweep trial has no test split
-        save_predictions(rundir.stage / "predictions.npz", history.test_logits, data.test.y)
-    save_explanations(rundir.stage, model, data, history, layers, log)
-    history.meta = {**meta, **history.meta, "save_seconds": time.perf_counter() - finished}
-    write_history(rundir.stage, history.rows, history.meta)
-    (rundir.stage / CHECKPOINT).unlink(missing_ok=True)  # a finished run has model.pt; nothing to continue
-    rundir.commit()
-    if overwrite and found is None:  # started afresh: an interrupted run into `out` is replaced too
-        rundir.drop_incomplete()
-    return history
+    return _Run(cfg, model, Path(out), config, found, code, layers, on_epoch, started)

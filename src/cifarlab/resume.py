@@ -58,16 +58,22 @@ def state_of(epoch: int, rows: list[dict], model, opt, ema, gen: torch.Generator
 
 def restore(state: dict[str, Any], model, opt, ema, gen: torch.Generator, plan, device: torch.device) -> None:
     """Put a freshly built run (model, optimiser, EMA, generator, plan) where `state` left it; in place,
-    so that a captured CUDA graph keeps its tensors."""
+    so that a captured CUDA graph keeps its tensors. `plan` None: a schedule already replayed (seeds
+    trained together share one); `opt` may be one seed's view of a stacked optimiser (stack.LaneOptimizer)."""
     model.load_state_dict(state["model"])
     if ema is not None:
         ema.model.load_state_dict(state["ema"])
-    _load_optimizer(opt, state["optimizer"])
+    load_lane = getattr(opt, "load_lane_state", None)
+    if load_lane is not None:
+        load_lane(state["optimizer"])
+    else:
+        _load_optimizer(opt, state["optimizer"])
     gen.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     if device.type == "cuda" and state["cuda_rng"] is not None:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
-    plan.replay([r.get("val_loss", r["train_loss"]) for r in state["rows"]])
+    if plan is not None:
+        plan.replay([r.get("val_loss", r["train_loss"]) for r in state["rows"]])
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, saved: dict) -> None:

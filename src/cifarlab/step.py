@@ -94,12 +94,17 @@ class TrainStep:
     """
 
     def __init__(self, model: nn.Module, net: Callable, opt: torch.optim.Optimizer, ema, terms: list,
-                 smoothing: float, autocast: Callable, steps: int, device: torch.device) -> None:
+                 smoothing: float, autocast: Callable, steps: int, device: torch.device, seeds: int = 0) -> None:
         self.model, self.net, self.opt, self.ema = model, net, opt, ema
         self.terms, self.smoothing, self.autocast = terms, smoothing, autocast
         self.steps, self.device = steps, device
-        self.loss_sum = torch.zeros((), device=device)  # sum over the epoch of loss * batch size
-        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        # seeds > 0: `model` is a stack.Stack's module and `net` its vmapped forward; a batch is then
+        # (seeds, B, ...), the loss summed over the seeds (each slice's gradient is its own seed's) and
+        # the sums below are per seed, shape (seeds,).
+        self.seeds = seeds
+        shape = (seeds,) if seeds else ()
+        self.loss_sum = torch.zeros(shape, device=device)  # sum over the epoch of loss * batch size
+        self.correct = torch.zeros(shape, dtype=torch.long, device=device)
         self.loss: torch.Tensor | None = None  # the last step's loss, for a progress bar
         self.graph: torch.cuda.CUDAGraph | None = None
         self._rows: list[list[dict]] = []
@@ -120,16 +125,22 @@ class TrainStep:
             self._lr_index.add_(1)
         with self.autocast():
             out = self.net(x)
-        loss = F.cross_entropy(out.float(), y, label_smoothing=self.smoothing)
-        total = loss + penalty(self.terms) if self.terms else loss
+        if self.seeds:  # (seeds, B, classes): each seed's mean loss, shape (seeds,)
+            loss = F.cross_entropy(out.float().flatten(0, 1), y.flatten(), reduction="none",
+                                   label_smoothing=self.smoothing).view(y.shape).mean(1)
+            total = loss.sum()
+        else:
+            loss = total = F.cross_entropy(out.float(), y, label_smoothing=self.smoothing)
+        if self.terms:
+            total = total + penalty(self.terms)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
         if self.ema is not None:
             self.ema.update(self.model)
         loss = loss.detach()
-        self.loss_sum += loss * x.shape[0]
-        self.correct += (out.detach().argmax(1) == y).sum()
+        self.loss_sum += loss * y.shape[-1]
+        self.correct += (out.detach().argmax(-1) == y).sum(-1)
         self.loss = loss
 
     def start_epoch(self, rows: list[list[dict]]) -> None:

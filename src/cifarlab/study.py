@@ -10,8 +10,9 @@ import os
 import time
 import tomllib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -46,6 +47,7 @@ class StudySpec:
     experiments: tuple[Experiment, ...]
     path: Path
     text: str
+    seeds_together: str = "auto"  # config.SpecFile.seeds_together
 
     @property
     def baseline(self) -> str | None:
@@ -77,7 +79,7 @@ def load_spec(path: str | Path) -> StudySpec:
     problem = folder_name_problem(name)  # a name from the file's name is checked like one from the spec
     if problem:
         raise ConfigError(f"{path}: the study's name (from the file name; set `name` to choose one): {problem}")
-    return StudySpec(name, spec.description, spec.seeds, spec.budget, experiments, path, text)
+    return StudySpec(name, spec.description, spec.seeds, spec.budget, experiments, path, text, spec.seeds_together)
 
 
 def _experiment(spec: SpecFile, entry, folder: Path) -> Experiment:
@@ -148,6 +150,61 @@ def _run_one(experiment: str, seed: int, cfg: RunConfig, folder: Path, threads: 
     return RunRecord.of_run(experiment, seed, rel, to_dict(cfg), history.rows, history.meta)
 
 
+def _run_seeds(experiment: str, seeds: tuple[int, ...], cfg: RunConfig, folder: Path, threads: int = 0,
+               log: Callable[[str], None] | None = None, tensorboard: Path | None = None) -> list[RunRecord]:
+    """Train `seeds` of one experiment: one run as `_run_one`, several together in this process
+    (experiment.run_experiments), each into its own run folder; their records."""
+    if len(seeds) == 1:
+        return [_run_one(experiment, seeds[0], with_seed(cfg, seeds[0]), folder, threads, log, tensorboard)]
+    import torch
+
+    from cifarlab.experiment import run_experiments
+    from cifarlab.tensorboard_log import EpochScalars
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfgs = [with_seed(cfg, seed) for seed in seeds]
+    rels = [run_dir_name(experiment, seed) for seed in seeds]
+    logs = [None if log is None else partial(_prefixed, log, f"[{experiment} seed {seed}] ") for seed in seeds]
+    with ExitStack() as context:
+        scalars = [context.enter_context(EpochScalars(Path(tensorboard) / rel)) if tensorboard is not None else None
+                   for rel in rels]
+        if _IN_WORKER:
+            context.enter_context(signals.interruptible())
+        # A fallback to one seed at a time is said even by a silent worker: it explains the study's pace.
+        histories = run_experiments(cfgs, [folder / rel for rel in rels], data=_study_data(cfg), logs=logs,
+                                    on_epochs=scalars, log=log or log_line)
+    return [RunRecord.of_run(experiment, seed, rel, to_dict(c), h.rows, h.meta)
+            for seed, rel, c, h in zip(seeds, rels, cfgs, histories)]
+
+
+def _prefixed(log: Callable[[str], None], prefix: str, line: str) -> None:
+    log(prefix + line)
+
+
+def _together(spec: StudySpec, mode: str, storage: str | None, log: Callable[[str], None]) -> set[str]:
+    """The experiments whose seeds train together (`--seeds-together`; auto = on with CUDA), each
+    fallback said in one line."""
+    from cifarlab.train import resolve_device, together_problem
+
+    if mode == "off":
+        return set()
+    if storage is not None:  # the shared store hands out one (experiment, seed) at a time
+        if mode == "on":
+            log("seeds together: off with --storage (a shared study's workers claim one run at a time)")
+        return set()
+    names = set()
+    for exp in spec.experiments:
+        if mode == "auto" and resolve_device(exp.config.train.device).type != "cuda":
+            continue
+        problem = together_problem(exp.config.train)
+        if problem is None:
+            names.add(exp.name)
+        else:
+            log(f"seeds together: off for experiment '{exp.name}' ({problem}); its seeds train one at a time")
+    return names
+
+
 _DATA: tuple = (None, None)  # (DataConfig, DataSplits): what this process last loaded for a study run
 
 
@@ -200,7 +257,7 @@ def auto_jobs(runs: int) -> int:
 
 def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None = None, jobs: int | str = 1,
               log: Callable[[str], None] = log_line, storage: str | None = None,
-              tensorboard: str | Path | None = None) -> Path:
+              tensorboard: str | Path | None = None, seeds_together: str | None = None) -> Path:
     """Run every (experiment, seed) not yet in the store; return the study folder.
 
     With one job the epoch lines of the run in flight are logged, prefixed `[experiment seed k]`; with
@@ -211,13 +268,15 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
     With `storage` (a postgresql:// URL) the store is that database, shared by every worker started with
     the same spec and URL, on any machine: each takes the next unclaimed run (store_pg.PgStore.claim),
     so each run is done once; run folders stay on the machine that trained them.
+
+    `seeds_together` (default: the spec's `seeds_together`): "on" trains the seeds of an experiment that
+    are left to run as one batched computation in one process (train.train_seeds), "auto" does so with
+    CUDA; each (experiment, seed) is still its own run, folder and record.
     """
     n_seeds = seeds if seeds is not None else spec.seeds
     if n_seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {n_seeds}")
-    if jobs == "auto":
-        jobs = auto_jobs(len(spec.experiments) * n_seeds)
-    if not isinstance(jobs, int) or jobs < 1:
+    if jobs != "auto" and (not isinstance(jobs, int) or jobs < 1):
         raise ConfigError(f"--jobs must be >= 1 or auto, got {jobs}")
     from cifarlab.models.external import source_change
 
@@ -255,17 +314,28 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
                        descriptions={e.name: e.description for e in spec.experiments},
                        budget=to_dict(spec.budget),
                        val=max(e.config.data.val for e in spec.experiments), params=params)
+        together = _together(spec, seeds_together or spec.seeds_together, storage, log)
         if storage is not None:
             from cifarlab.study_shared import run_shared
 
-            return run_shared(spec, folder, storage, store, n_seeds, jobs, log, tb)
-        tasks = [(exp.name, seed, with_seed(exp.config, seed), folder)
-                 for exp in spec.experiments for seed in range(n_seeds) if (exp.name, seed) not in finished]
+            return run_shared(spec, folder, storage, store, n_seeds, auto_jobs(len(spec.experiments) * n_seeds)
+                              if jobs == "auto" else jobs, log, tb)
+        left = [(exp, [seed for seed in range(n_seeds) if (exp.name, seed) not in finished])
+                for exp in spec.experiments]
+        runs = [(exp.name, seed, with_seed(exp.config, seed), folder) for exp, seeds_left in left
+                for seed in seeds_left]
+        # One task per process: an experiment's seeds together, or one seed.
+        tasks = [(exp.name, group, exp.config, folder) for exp, seeds_left in left
+                 for group in ([tuple(seeds_left)] if exp.name in together else [(s,) for s in seeds_left])
+                 if group]
+        if jobs == "auto":
+            jobs = auto_jobs(len(tasks))
         total = len(spec.experiments) * n_seeds
         log(f"study '{spec.name}': {plural(total, 'run')} ({plural(len(spec.experiments), 'experiment')} x "
             f"{plural(n_seeds, 'seed')}), "
-            f"{total - len(tasks)} already finished, {len(tasks)} to run -> {folder}")
-        continued = _check_resumable(tasks)
+            f"{total - len(runs)} already finished, {len(runs)} to run -> {folder}"
+            + (" (each experiment's seeds together)" if together and len(tasks) < len(runs) else ""))
+        continued = _check_resumable(runs)
         _clear_stale(folder, keep=continued)
         started = time.perf_counter()
         for i, rec in enumerate(_execute(tasks, jobs, log, tb), start=1):
@@ -273,8 +343,8 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
             scores = " ".join(f"{part} {getattr(rec, f'{part}_acc'):.4f}" for part in ("val", "test", "train")
                               if getattr(rec, f"{part}_acc") is not None)
             diverged = f" DIVERGED at epoch {len(rec.history)} (non-finite loss)" if rec.diverged else ""
-            log(f"[{i}/{len(tasks)}] {rec.experiment} seed {rec.seed}: {scores}{diverged} ({rec.seconds:.1f}s)")
-        if tasks:
+            log(f"[{i}/{len(runs)}] {rec.experiment} seed {rec.seed}: {scores}{diverged} ({rec.seconds:.1f}s)")
+        if runs:
             log(f"done in {time.perf_counter() - started:.0f}s; report: cifarlab report {folder}")
         bad = diverged_runs(store)
         if bad:
@@ -342,20 +412,20 @@ def _pool(jobs: int) -> ProcessPoolExecutor:
                                initargs=(os.getpid(), devices))
 
 
-def _execute(tasks: list[tuple[str, int, RunConfig, Path]], jobs: int, log: Callable[[str], None] | None = None,
-             tensorboard: Path | None = None):
+def _execute(tasks: list[tuple[str, tuple[int, ...], RunConfig, Path]], jobs: int,
+             log: Callable[[str], None] | None = None, tensorboard: Path | None = None):
     """Yield RunRecords as runs finish: in-process for one job (its epoch lines go to `log`), else a pool
-    of spawned processes (silent until each run ends)."""
+    of spawned processes (silent until each task ends); a task is one seed or seeds trained together."""
     if jobs == 1 or len(tasks) <= 1:
         for task in tasks:
-            yield _run_one(*task, log=log, tensorboard=tensorboard)
+            yield from _run_seeds(*task, log=log, tensorboard=tensorboard)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with _pool(jobs) as pool:
-        futures = [pool.submit(_run_one, *task, threads, None, tensorboard) for task in tasks]
+        futures = [pool.submit(_run_seeds, *task, threads, None, tensorboard) for task in tasks]
         try:
             for future in as_finished(futures):
-                yield future.result()
+                yield from future.result()
         except BaseException:
             _stop(pool, futures)
             raise

@@ -28,6 +28,7 @@ from cifarlab.errors import ConfigError
 from cifarlab.malloc import keep_freed_memory
 from cifarlab.metrics import LOGGED
 from cifarlab.optim import create_optimizer, penalty_terms
+from cifarlab.stack import LaneOptimizer, Stack, detach, unstackable
 from cifarlab.step import StepPlan, TrainStep
 
 if TYPE_CHECKING:
@@ -201,6 +202,37 @@ def _progress(total: int, desc: str):
                 disable=not sys.stderr.isatty() or os.environ.get("CIFARLAB_NO_PROGRESS") == "1")
 
 
+@dataclass
+class Seed:
+    """One run of `train_seeds`: its model and config, and the callbacks `train` takes for it.
+
+    `on_done(history)` is called as soon as this run has ended (its last epoch, or the epoch its loss
+    diverged), before the other seeds of the batch have, so that its folder can be completed at once.
+    """
+
+    model: nn.Module
+    cfg: TrainConfig
+    log: Callable[[str], None] | None = log_line
+    on_epoch: Callable[[dict], None] | None = None
+    checkpoint: Callable[[dict], None] | None = None
+    resume: dict | None = None
+    on_done: Callable[[History], None] | None = None
+
+
+def together_problem(cfg: TrainConfig) -> str | None:
+    """Why runs with these settings cannot train their seeds as one computation, or None.
+
+    Only what would couple or split the seeds: one stacked optimiser steps every seed at one learning
+    rate, so a learning rate each seed finds or adapts for itself cannot be shared."""
+    if cfg.optim.lr == "auto":
+        return "lr auto runs a range test per seed, which may choose a different learning rate for each"
+    if cfg.optim.schedule == "plateau":
+        return "the plateau schedule lowers each seed's learning rate after its own loss"
+    if cfg.compile not in ("auto", "off"):
+        return f"--compile {cfg.compile} is not combined with seeds together"
+    return None
+
+
 def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
           log: Callable[[str], None] | None = log_line,
           on_epoch: Callable[[dict], None] | None = None,
@@ -212,30 +244,95 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     `resume`: such a state; training continues after its epoch as if it had never stopped.
     The model is left trained in place (with EMA weights copied in when `cfg.ema` is set).
     """
+    return _train([Seed(model, cfg, log, on_epoch, checkpoint, resume)], data, log)[0]
+
+
+def train_seeds(seeds: list[Seed], data: DataSplits, log: Callable[[str], None] | None = log_line) -> list[History]:
+    """Train runs whose configs differ in the seed alone as one batched computation (stack.py).
+
+    Each seed is still its own run: its own initialisation (the model given), data order,
+    augmentation, norm statistics, EMA, checkpoints and history, the same as `train` gives it to
+    float tolerance (dropout masks aside: see stack.py). The seeds must be at the same epoch (all
+    fresh, or resumed from checkpoints of one epoch). When they cannot be stacked (`together_problem`,
+    or a forward vmap cannot batch) they train one at a time, and `log` says why in one line.
+    """
+    epochs = {s.resume["epoch"] if s.resume is not None else 0 for s in seeds}
+    if len(epochs) > 1:
+        raise ValueError(f"seeds trained together must start at one epoch, got {sorted(epochs)}")
+    problem = together_problem(seeds[0].cfg) if len(seeds) > 1 else None
+    if problem is not None:
+        _fallback(log, len(seeds), problem)
+        return [_train([s], data, log)[0] for s in seeds]
+    return _train(seeds, data, log)
+
+
+def _fallback(log, n: int, problem: str) -> None:
+    if log is not None:
+        log(f"seeds together: off ({problem}); the {n} seeds train one at a time")
+
+
+@dataclass
+class _EMAView:
+    """One seed's slice of a stacked EMA copy, shaped as `_EMA` is for resume.state_of/restore."""
+
+    model: nn.Module
+
+
+@dataclass
+class _Lane:
+    """What a seed carries through the loop besides its model: its randomness, history and state views."""
+
+    seed: Seed
+    gen: torch.Generator
+    flip_bits: torch.Tensor | None
+    ema: "_EMA | _EMAView | None"
+    opt: "torch.optim.Optimizer | LaneOptimizer"
+    history: History
+    eval_model: Callable
+    done: int = 0  # epochs trained before this process took the run on
+    before: float = 0.0  # their training seconds
+    live: bool = True
+    order: torch.Tensor | None = None
+    draws: object = None
+
+
+def _train(seeds: list[Seed], data: DataSplits, log) -> list[History]:
+    """The one loop: one seed through TrainStep, or several through one stacked TrainStep."""
+    cfg = seeds[0].cfg  # every seed's config but for the seed itself
+    together = len(seeds) > 1
+    models = [s.model for s in seeds]
     device = resolve_device(cfg.device)
     use_cuda = device.type == "cuda"
     graph = cfg.cuda_graph == "on" or (cfg.cuda_graph == "auto" and use_cuda)
+    fmt = None
     if use_cuda:
         torch.backends.cudnn.benchmark = True
         if device.index is not None:
             torch.cuda.set_device(device)  # so synchronize(), caches and compiled kernels use this GPU
-        fmt = _memory_format(model, data.train.x[:2])
-        model = model.to(device, memory_format=fmt)
+        # Stacked weights are one (K, ...) tensor whose slices the seeds' own layers view: NCHW.
+        fmt = None if together else _memory_format(models[0], data.train.x[:2])
+        models = [m.to(device) if fmt is None else m.to(device, memory_format=fmt) for m in models]
     else:
         keep_freed_memory()
-        model = model.to(device)
-        fmt = None
+        models = [m.to(device) for m in models]
     data = data.to(device)
-    init_from_data(model, data.train)  # before warm-up saves the weights
     autocast = autocast_for(device, cfg.precision)
+    if together:
+        problem = unstackable(models, data.train.x[:4], data.train.y[:4], autocast)
+        if problem is not None:
+            _fallback(log, len(seeds), f"the model's forward cannot be batched over seeds: {problem}")
+            return [_train([replace(s, model=m)], data, log)[0] for s, m in zip(seeds, models)]
+    for model in models:
+        init_from_data(model, data.train)  # before warm-up saves the weights
     lr_find = None
-    if cfg.optim.lr == "auto":  # the range test on the training split, then train at its suggestion
+    if cfg.optim.lr == "auto":  # the range test on the training split, then train at its suggestion (one seed)
         from cifarlab.lrfind import RangeTest, auto_lr
 
+        resume = seeds[0].resume
         if resume is not None and resume["lr_find"] is not None:  # the test the run began with, not a second one
             lr_find = RangeTest(**resume["lr_find"])
         else:
-            lr_find = auto_lr(model, data.train, cfg, device, autocast, fmt, log)
+            lr_find = auto_lr(models[0], data.train, cfg, device, autocast, fmt, seeds[0].log)
         cfg = replace(cfg, optim=replace(cfg.optim, lr=lr_find.suggestion))
     mode = COMPILE_MODES["off" if cfg.compile == "auto" else cfg.compile]
     if graph:
@@ -246,135 +343,176 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
         # study in one process would exhaust that after ~4 configurations and silently fall back to
         # eager. A reset per run recompiles (from inductor's on-disk cache when the model repeats).
         torch.compiler.reset()
-    net = torch.compile(model, mode=mode) if compiled else model
+    if together:
+        stack = Stack(models)  # from here on the seeds' tensors are views of the stacked ones
+        core, net = stack.module, stack.net
+    else:
+        core = models[0]
+        net = torch.compile(core, mode=mode) if compiled else core
 
     n = len(data.train)
     bs = min(cfg.batch_size, n)
     steps = n // bs  # drop the ragged last batch: one batch shape, no tiny noisy BN batch
-    opt = create_optimizer(model, cfg.optim, device)
+    opt = create_optimizer(core, cfg.optim, device)
     plan = StepPlan(opt, cfg.optim, cfg.epochs, steps)
     # The EMA copy exists before any warm-up step: a captured step holds its tensors.
-    ema = _EMA(model, cfg.ema) if cfg.ema else None
-    step = TrainStep(model, net, opt, ema, penalty_terms(model, cfg.reg), cfg.reg.label_smoothing, autocast,
-                     steps, device)
+    ema = _EMA(core, cfg.ema) if cfg.ema else None
+    step = TrainStep(core, net, opt, ema, penalty_terms(core, cfg.reg), cfg.reg.label_smoothing, autocast,
+                     steps, device, seeds=len(seeds) if together else 0)
 
     warmup_seconds = 0.0
     if compiled or use_cuda or graph:
-        compiled, warmup_seconds = _prepare(step, data, cfg, bs, autocast, fmt, compiled, graph, plan, log)
+        compiled, warmup_seconds = _prepare(step, data, cfg, bs, autocast, fmt, compiled, graph, plan, log,
+                                            models[0] if together else None)
         net = step.net
-    seed_everything(cfg.seed)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed)
-    flip_bits = torch.rand(n, device=device, generator=gen) < 0.5 if cfg.alt_flip else None
+    seed_everything(cfg.seed)  # dropout's generator; seeds together draw their masks from the first seed's
+    meta = {"device": _device_name(device), "train_images": n, "batch_size": bs, "steps_per_epoch": steps,
+            "compiled": compiled, "cuda_graph": step.graph is not None, "warmup_seconds": warmup_seconds}
+    if together:
+        meta["seeds_together"] = len(seeds)
+    lanes = []
+    for k, s in enumerate(seeds):
+        gen = torch.Generator(device=device)
+        gen.manual_seed(s.cfg.seed)
+        flip_bits = torch.rand(n, device=device, generator=gen) < 0.5 if cfg.alt_flip else None
+        lane_ema = ema if not together or ema is None else _EMAView(stack.lane_ema(ema.model, models[k], k))
+        lane_opt = LaneOptimizer(opt, k) if together else opt
+        lane = _Lane(s, gen, flip_bits, lane_ema, lane_opt, History(meta=dict(meta), lr_find=lr_find),
+                     lane_ema.model if lane_ema is not None else models[k] if together else net)
+        if lr_find is not None:  # config.json keeps "auto"; the lr used, and how it was found, go here
+            lane.history.meta["lr_auto"] = lr_find.summary()
+        if s.resume is not None:
+            from cifarlab import resume as checkpoints
+
+            # The schedule is shared: replayed once, with the first seed.
+            checkpoints.restore(s.resume, models[k], lane_opt, lane_ema, gen, plan if k == 0 else None, device)
+            lane.history.rows = [dict(r) for r in s.resume["rows"]]
+            lane.done, lane.before = s.resume["epoch"], s.resume["train_seconds"]
+            lane.history.meta["resumed_after_epoch"] = lane.done
+            if lane.history.rows[-1].get("diverged"):
+                lane.history.meta["diverged_at_epoch"] = lane.done
+                lane.live = False  # it stopped there, and stays stopped
+        lanes.append(lane)
     chunk = max(1, AUGMENT_CHUNK_IMAGES // bs) if use_cuda else 1  # batches augmented at once
-
-    history = History(meta={"device": _device_name(device), "train_images": n, "batch_size": bs,
-                            "steps_per_epoch": steps, "compiled": compiled, "cuda_graph": step.graph is not None,
-                            "warmup_seconds": warmup_seconds},
-                      lr_find=lr_find)
-    if lr_find is not None:  # config.json keeps "auto"; the lr used, and how it was found, go here
-        history.meta["lr_auto"] = lr_find.summary()
-    done, before = 0, 0.0  # epochs and training seconds of the run before this process took it on
-    if resume is not None:
-        from cifarlab import resume as checkpoints
-
-        checkpoints.restore(resume, model, opt, ema, gen, plan, device)
-        history.rows, done, before = [dict(r) for r in resume["rows"]], resume["epoch"], resume["train_seconds"]
-        history.meta["resumed_after_epoch"] = done
-        if history.rows[-1].get("diverged"):
-            history.meta["diverged_at_epoch"] = done
-            done = cfg.epochs  # it stopped there, and stays stopped
-    eval_model = ema.model if ema is not None else net  # the epochs' evaluations, and the test logits
     run_start = time.perf_counter()
+
+    def finish(lane: _Lane) -> None:
+        h, model = lane.history, lane.seed.model
+        if together:
+            detach(model)  # its weights stay as they are now, whatever the other seeds still do
+        if h.test_logits is None and data.test is not None and lane.seed.resume is not None:
+            # Resumed after its last epoch (killed before the folder was complete): its test logits again.
+            h.test_logits = _evaluate(lane.eval_model, data.test, cfg, autocast, fmt, cfg.tta)[1]
+        if lane.ema is not None:
+            model.load_state_dict(lane.ema.model.state_dict())
+        if h.test_logits is not None:
+            h.test_logits = h.test_logits.cpu()
+        loop_seconds = sum(r["train_seconds"] for r in h.rows)
+        # images/s counts the training loop only (augmentation, forward, backward, step), not evaluation.
+        h.meta.update(train_seconds=lane.before + time.perf_counter() - run_start,
+                      images_per_second=steps * bs * len(h.rows) / max(loop_seconds, 1e-9))
+        lane.live = False
+        if lane.seed.on_done is not None:
+            lane.seed.on_done(h)
+
     show_loss = not use_cuda  # reading the loss costs a host sync: only worth it on CPU
-    for epoch in range(done + 1, cfg.epochs + 1):
-        model.train()
+    for epoch in range(min(lane.done for lane in lanes) + 1, cfg.epochs + 1):
+        if not any(lane.live for lane in lanes):
+            break
+        core.train()
         t0 = time.perf_counter()
         rows = plan.rows(epoch)
         step.start_epoch(rows)
-        # The epoch's randomness, in the order per-batch augmentation drew it: the order, the flips
-        # (alternating: no draws), then per batch the crop offsets and the flip mask.
-        order = torch.randperm(n, device=device, generator=gen)[: steps * bs]
-        flips = alternating_flips(flip_bits, order, epoch) if flip_bits is not None else None
-        draws = draw_augment(cfg.augment, steps, bs, gen, device, flips)
+        for lane in lanes:
+            # The epoch's randomness, in the order per-batch augmentation drew it: the order, the flips
+            # (alternating: no draws), then per batch the crop offsets and the flip mask.
+            lane.order = torch.randperm(n, device=device, generator=lane.gen)[: steps * bs]
+            flips = alternating_flips(lane.flip_bits, lane.order, epoch) if lane.flip_bits is not None else None
+            lane.draws = draw_augment(cfg.augment, steps, bs, lane.gen, device, flips)
         with _progress(steps, f"epoch {epoch}/{cfg.epochs}") as bar:
             for first in range(0, steps, chunk):
                 part = slice(first * bs, min(steps, first + chunk) * bs)
-                xs = augment(data.train.x[order[part]], draws[part])  # (chunk * bs, 3, 32, 32)
-                ys = data.train.y[order[part]]
-                if fmt is not None:
-                    xs = xs.contiguous(memory_format=fmt)
-                for i in range(first, first + ys.shape[0] // bs):
+                xs = [augment(data.train.x[lane.order[part]], lane.draws[part]) for lane in lanes]  # (chunk * bs, 3, 32, 32)
+                ys = [data.train.y[lane.order[part]] for lane in lanes]
+                if together:  # (seeds, chunk * bs, ...)
+                    xs, ys = torch.stack(xs), torch.stack(ys)
+                else:
+                    xs, ys = xs[0], ys[0]
+                    if fmt is not None:
+                        xs = xs.contiguous(memory_format=fmt)
+                for i in range(first, first + ys.shape[-1] // bs):
                     k = (i - first) * bs
-                    step.run(xs[k: k + bs], ys[k: k + bs], i)
+                    step.run(xs.narrow(-4, k, bs), ys.narrow(-1, k, bs), i)
                     bar.update(1)
                     if show_loss and not bar.disable and i % 20 == 0:
-                        bar.set_postfix(loss=f"{step.loss.item():.3f}")
+                        bar.set_postfix(loss=f"{step.loss.mean().item():.3f}")
         if not plan.monitors and epoch < cfg.epochs:
             plan.rows(epoch + 1)  # the next epoch's schedule, on the host while the device works
         if use_cuda:
             torch.cuda.synchronize(device)  # the one wait of the epoch, to time the loop apart from evaluation
         loop_seconds = time.perf_counter() - t0
-        row, history.test_logits = _epoch_row(epoch, step.loss_sum, step.correct, steps * bs, rows[0][0]["lr"],
-                                              eval_model, data, cfg, autocast, fmt)
-        row["seconds"] = time.perf_counter() - t0
-        row["train_seconds"] = loop_seconds
-        plan.end_epoch(row.get("val_loss", row["train_loss"]))  # plateau never watches the test set
-        history.rows.append(row)
-        if checkpoint is not None:
-            from cifarlab.resume import state_of
+        for k, lane in enumerate(lanes):
+            if not lane.live:
+                continue
+            t1 = time.perf_counter()
+            sums = (step.loss_sum[k], step.correct[k]) if together else (step.loss_sum, step.correct)
+            row, lane.history.test_logits = _epoch_row(epoch, *sums, steps * bs, rows[0][0]["lr"], lane.eval_model,
+                                                       data, cfg, autocast, fmt)
+            row["seconds"] = loop_seconds + time.perf_counter() - t1
+            row["train_seconds"] = loop_seconds
+            if not together:
+                plan.end_epoch(row.get("val_loss", row["train_loss"]))  # plateau never watches the test set
+            lane.history.rows.append(row)
+            s = lane.seed
+            if s.checkpoint is not None:
+                from cifarlab.resume import state_of
 
-            checkpoint(state_of(epoch, history.rows, model, opt, ema, gen, device,
-                                before + time.perf_counter() - run_start, lr_find))
-        if on_epoch is not None:
-            on_epoch(row)
-        if log is not None:
-            elapsed = time.perf_counter() - run_start
-            log(_epoch_line(row, cfg.epochs, elapsed / (epoch - done) * (cfg.epochs - epoch)))
-        if row.get("diverged"):
-            # NaN/inf loss never recovers: stop instead of spending the remaining epochs.
-            history.meta["diverged_at_epoch"] = epoch
-            if log is not None:
-                log(f"stopping: the loss is not finite at epoch {epoch} (learning rate too high?)")
-            break
-    if history.test_logits is None and data.test is not None and resume is not None:
-        # Resumed after its last epoch (killed before the folder was complete): its test logits again.
-        history.test_logits = _evaluate(eval_model, data.test, cfg, autocast, fmt, cfg.tta)[1]
-    if ema is not None:
-        model.load_state_dict(ema.model.state_dict())
-    if history.test_logits is not None:
-        history.test_logits = history.test_logits.cpu()
-    loop_seconds = sum(r["train_seconds"] for r in history.rows)
-    # images/s counts the training loop only (augmentation, forward, backward, step), not evaluation.
-    history.meta.update(train_seconds=before + time.perf_counter() - run_start,
-                        images_per_second=steps * bs * len(history.rows) / max(loop_seconds, 1e-9))
-    return history
+                s.checkpoint(state_of(epoch, lane.history.rows, s.model, lane.opt, lane.ema, lane.gen, device,
+                                      lane.before + time.perf_counter() - run_start, lr_find))
+            if s.on_epoch is not None:
+                s.on_epoch(row)
+            if s.log is not None:
+                elapsed = time.perf_counter() - run_start
+                s.log(_epoch_line(row, cfg.epochs, elapsed / (epoch - lane.done) * (cfg.epochs - epoch)))
+            if row.get("diverged"):
+                # NaN/inf loss never recovers: stop instead of spending the remaining epochs.
+                lane.history.meta["diverged_at_epoch"] = epoch
+                if s.log is not None:
+                    s.log(f"stopping: the loss is not finite at epoch {epoch} (learning rate too high?)")
+                finish(lane)
+    for lane in lanes:
+        if lane.history.meta.get("train_seconds") is None:
+            finish(lane)
+    return [lane.history for lane in lanes]
 
 
 def _prepare(step: TrainStep, data: DataSplits, cfg: TrainConfig, bs: int, autocast, fmt, compiled: bool,
-             graph: bool, plan: StepPlan, log) -> tuple[bool, float]:
+             graph: bool, plan: StepPlan, log, eval_net: nn.Module | None = None) -> tuple[bool, float]:
     """Compile, autotune and capture before the timed epochs; (still compiled?, seconds taken).
 
     Each of compiling and capturing that fails is reported in one line and dropped; the run then
-    starts from the untouched weights either way.
+    starts from the untouched weights either way. `eval_net`: what evaluates (default `step.net`;
+    seeds together: one seed's model, as each seed is evaluated on its own).
     """
     t0 = time.perf_counter()
     use_cuda = step.device.type == "cuda"
     xb, yb = data.train.x[:bs], data.train.y[:bs]
+    if step.seeds:  # one batch per seed: (seeds, bs, ...)
+        xb, yb = xb.expand(step.seeds, *xb.shape).contiguous(), yb.expand(step.seeds, *yb.shape).contiguous()
     if fmt is not None:
         xb = xb.contiguous(memory_format=fmt)
     state = step.snapshot()
     try:
         if compiled:
             try:
-                _warm_up(step, data, cfg, xb, yb, autocast, fmt, eval_too=not cfg.ema)
+                _warm_up(step, data, cfg, xb, yb, autocast, fmt, eval_too=not cfg.ema, eval_net=eval_net)
             except Exception as exc:  # noqa: BLE001 - e.g. no C compiler for Triton, an op inductor cannot lower
                 # A run that cannot compile can still train: say so and go on eagerly.
                 _warn(log, "torch.compile failed", exc, "training without it")
                 step.net, compiled = step.model, False
                 torch.compiler.reset()
         if use_cuda and not compiled:  # cuDNN picks its algorithms on the first calls of each shape
-            _warm_up(step, data, cfg, xb, yb, autocast, fmt)
+            _warm_up(step, data, cfg, xb, yb, autocast, fmt, eval_net=eval_net)
         if graph:
             try:
                 step.capture(xb, yb, plan.rows(1))
@@ -417,7 +555,7 @@ def _epoch_row(epoch, loss_sum, correct, seen, lr, model, data: DataSplits, cfg,
 
 
 def _warm_up(step: TrainStep, data: DataSplits, cfg: TrainConfig, xb, yb, autocast, fmt,
-             eval_too: bool = True) -> None:
+             eval_too: bool = True, eval_net: nn.Module | None = None) -> None:
     """Compile / autotune on throw-away steps and evaluations; the caller restores the state.
 
     Full steps (forward, backward, optimiser, EMA), so that everything a step runs is compiled or
@@ -432,7 +570,7 @@ def _warm_up(step: TrainStep, data: DataSplits, cfg: TrainConfig, xb, yb, autoca
             ragged = len(split) % cfg.eval_batch_size
             for xs in (split.x[: cfg.eval_batch_size], split.x[len(split) - ragged:]):
                 if len(xs):  # no ragged batch: an empty slice
-                    predict(step.net, xs, cfg.eval_batch_size, cfg.tta, autocast, fmt)
+                    predict(eval_net or step.net, xs, cfg.eval_batch_size, cfg.tta, autocast, fmt)
 
 
 @torch.no_grad()

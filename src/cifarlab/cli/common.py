@@ -118,6 +118,13 @@ def add_settings_args(parser: argparse.ArgumentParser, cls: type, prefix: str) -
         _argument(group, prefix + path[-1], _flag(path, f), f, tp, f.default)
 
 
+def add_setting_arg(parser, cls: type, name: str, dest: str) -> None:
+    """The flag of one field of a Settings dataclass (a spec setting a command may override); left out, it
+    stays unset (None), so the spec's own value or the field's default applies."""
+    f = cls.__dataclass_fields__[name]
+    _argument(parser, dest, _flag((name,), f), f, typing.get_type_hints(cls)[name], f.default)
+
+
 def settings_from_args(args: argparse.Namespace, cls: type, prefix: str) -> Any:
     """The `cls` instance the flags added by `add_settings_args` describe; a bad value is one ConfigError line."""
     given = {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}

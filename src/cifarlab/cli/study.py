@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from cifarlab.cli.common import positive_int
+from cifarlab.cli.common import add_setting_arg, positive_int
+from cifarlab.config import SpecFile
 
 
 def jobs_arg(text: str) -> int | str:
@@ -21,6 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=positive_int, help="number of seeds (default: the spec's `seeds`)")
     p.add_argument("--jobs", type=jobs_arg, default="auto", metavar="N|auto",
                    help="runs at once, as processes (default: auto = 1 on a CPU, study.CUDA_JOBS per GPU with CUDA)")
+    add_setting_arg(p, SpecFile, "seeds_together", "seeds_together")
     p.add_argument("--out", metavar="DIR", help="study folder (default runs/<study name>)")
     p.add_argument("--storage", metavar="URL", help="postgresql://... shared by workers on any machines started with "
                                                     "the same spec and URL: each run is done once, by one of them")
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     folder = run_study(spec, out=args.out, seeds=args.seeds, jobs=args.jobs, storage=args.storage,
-                       tensorboard=args.tensorboard)
+                       tensorboard=args.tensorboard, seeds_together=getattr(args, "seeds_together", None))
     if args.report:
         from cifarlab.report import write_report
 
