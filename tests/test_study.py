@@ -313,7 +313,10 @@ def test_pool_workers_keep_one_gpu_each_and_leave_explicit_devices_alone(monkeyp
     from cifarlab import study
     from cifarlab.train import resolve_device
 
-    monkeypatch.delenv("CIFARLAB_DEVICE", raising=False)  # also restores it after the test
+    # setenv first, so that monkeypatch records the variable and takes away what _init_worker sets below
+    # (delenv of an absent variable records nothing: the worker's device leaked into later tests).
+    monkeypatch.setenv("CIFARLAB_DEVICE", "cpu")
+    monkeypatch.delenv("CIFARLAB_DEVICE")
     assert resolve_device("auto") == torch.device("cpu")  # in-process runs on this CPU machine
     devices = queue.Queue()
     for name in ("meta", "cpu"):  # stand-ins for cuda:1, cuda:0 on a machine with two GPUs

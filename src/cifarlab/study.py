@@ -334,7 +334,9 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
         log(f"study '{spec.name}': {plural(total, 'run')} ({plural(len(spec.experiments), 'experiment')} x "
             f"{plural(n_seeds, 'seed')}), "
             f"{total - len(runs)} already finished, {len(runs)} to run -> {folder}"
-            + (" (each experiment's seeds together)" if together and len(tasks) < len(runs) else ""))
+            + (f" ({plural(min(jobs, len(tasks)), 'worker')}" if len(tasks) > 1 else "")
+            + ("; each experiment's seeds together" if together and len(tasks) < len(runs) else "")
+            + (")" if len(tasks) > 1 else ""))
         continued = _check_resumable(runs)
         _clear_stale(folder, keep=continued)
         started = time.perf_counter()
