@@ -461,11 +461,12 @@ def _generated(n_train: int = 5000, n_test: int = 2000):
 
 @cuda
 @pytest.mark.parametrize("name, options", [("budget-net", {"norm": "bn", "whiten": True}),
-                                           ("s8-net", {"norm": "gn", "dropout": 0.0})])
+                                           ("budget-net", {"norm": "gn", "dirac": True, "pool": "late"})])
 def test_on_cuda_seeds_together_train_like_each_seed_alone(name, options):
-    # bf16 autocast and cuDNN's grouped convolutions round differently from one seed's own kernels, so
-    # "like" as tests/test_step.py has it for the captured step: the same lr rows, each epoch's train loss
-    # within 5%, test accuracy within 1.5 points (a broken stack, stale slice or frozen EMA misses both).
+    # With CUDA each seed keeps its own captured step, replayed on its own stream beside the others': the
+    # same kernels as alone, but cuDNN's algorithms and atomics are not bit-exact run to run, so "like" as
+    # tests/test_step.py has it for the captured step: the same lr rows, each epoch's train loss within 5%,
+    # test accuracy within 1.5 points (a stream racing its inputs, a stale lr table or a frozen EMA misses).
     data = _generated()
     model_cfg = ModelConfig(name=name, options=options)
     alone = [train(build(model_cfg, s), data, _cuda_config(s), log=None) for s in SEEDS]
@@ -479,7 +480,7 @@ def test_on_cuda_seeds_together_train_like_each_seed_alone(name, options):
         for g, r in zip(t.rows, a.rows):
             assert g["train_loss"] == pytest.approx(r["train_loss"], rel=0.05), g["epoch"]
         assert t.final["test_acc"] == pytest.approx(a.final["test_acc"], abs=0.015)
-        assert t.final["test_acc"] > 0.5 and t.test_logits.shape == (2000, 10)
+        assert t.final["test_acc"] > 0.3 and t.test_logits.shape == (2000, 10)  # it learned (chance: 0.1)
 
 
 @cuda

@@ -1,4 +1,8 @@
-"""Seeds together: K models of one architecture trained as one batched computation (issue 28).
+"""Seeds together without CUDA: K models of one architecture trained as one batched computation (issue 28).
+
+(With CUDA, train.py replays each seed's own captured step on a stream of its own instead: on an H200
+that was 1.3-1.9x faster than one seed after another, where this stacked step was 0.6-0.7x;
+bench/seeds_micro.py, BENCHMARKS.md.)
 
 `Stack(models)` stacks the K models' parameters and buffers along a new first dimension into one
 module of the same structure, and points each model's own tensors at its slice (views: the K

@@ -248,13 +248,15 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
 
 
 def train_seeds(seeds: list[Seed], data: DataSplits, log: Callable[[str], None] | None = log_line) -> list[History]:
-    """Train runs whose configs differ in the seed alone as one batched computation (stack.py).
+    """Train runs whose configs differ in the seed alone together, in one process: with CUDA their
+    captured steps side by side on K streams, elsewhere as one batched computation (stack.py).
 
     Each seed is still its own run: its own initialisation (the model given), data order,
     augmentation, norm statistics, EMA, checkpoints and history, the same as `train` gives it to
-    float tolerance (dropout masks aside: see stack.py). The seeds must be at the same epoch (all
-    fresh, or resumed from checkpoints of one epoch). When they cannot be stacked (`together_problem`,
-    or a forward vmap cannot batch) they train one at a time, and `log` says why in one line.
+    float tolerance (dropout masks aside: the seeds draw them from one generator). The seeds must be
+    at the same epoch (all fresh, or resumed from checkpoints of one epoch). When they cannot train
+    together (`together_problem`, or a forward vmap cannot batch) they train one at a time, and `log`
+    says why in one line.
     """
     epochs = {s.resume["epoch"] if s.resume is not None else 0 for s in seeds}
     if len(epochs) > 1:
@@ -289,6 +291,8 @@ class _Lane:
     opt: "torch.optim.Optimizer | LaneOptimizer"
     history: History
     eval_model: Callable
+    step: TrainStep  # its own, or the stacked one shared by every seed (then `slot` is its index there)
+    slot: int | None = None
     done: int = 0  # epochs trained before this process took the run on
     before: float = 0.0  # their training seconds
     live: bool = True
@@ -297,27 +301,36 @@ class _Lane:
 
 
 def _train(seeds: list[Seed], data: DataSplits, log) -> list[History]:
-    """The one loop: one seed through TrainStep, or several through one stacked TrainStep."""
+    """The one loop, over one seed or several trained together.
+
+    Several seeds train as one of two designs (bench/seeds_micro.py measured both against one seed's step
+    K times): with CUDA, each seed keeps its own TrainStep, captured as its own CUDA graph, and the K graphs
+    replay on K CUDA streams, so that kernels which each fill a small part of the GPU run side by side
+    (K=5 on an H200: 1.3-1.9x the throughput of one after another); elsewhere one TrainStep over the
+    stacked seeds (stack.py), which is the batched computation on a CPU too (on the H200 it ran at
+    0.6-0.7x: vmap's layout copies and unbatched fallbacks cost more than its grouped kernels save).
+    """
     cfg = seeds[0].cfg  # every seed's config but for the seed itself
-    together = len(seeds) > 1
     models = [s.model for s in seeds]
     device = resolve_device(cfg.device)
     use_cuda = device.type == "cuda"
     graph = cfg.cuda_graph == "on" or (cfg.cuda_graph == "auto" and use_cuda)
+    streams = use_cuda and len(seeds) > 1  # K steps on K streams: each seed's own computation
+    stacked = len(seeds) > 1 and not streams
     fmt = None
     if use_cuda:
         torch.backends.cudnn.benchmark = True
         if device.index is not None:
             torch.cuda.set_device(device)  # so synchronize(), caches and compiled kernels use this GPU
         # Stacked weights are one (K, ...) tensor whose slices the seeds' own layers view: NCHW.
-        fmt = None if together else _memory_format(models[0], data.train.x[:2])
+        fmt = None if stacked else _memory_format(models[0], data.train.x[:2])
         models = [m.to(device) if fmt is None else m.to(device, memory_format=fmt) for m in models]
     else:
         keep_freed_memory()
         models = [m.to(device) for m in models]
     data = data.to(device)
     autocast = autocast_for(device, cfg.precision)
-    if together:
+    if stacked:
         problem = unstackable(models, data.train.x[:4], data.train.y[:4], autocast)
         if problem is not None:
             _fallback(log, len(seeds), f"the model's forward cannot be batched over seeds: {problem}")
@@ -343,42 +356,52 @@ def _train(seeds: list[Seed], data: DataSplits, log) -> list[History]:
         # study in one process would exhaust that after ~4 configurations and silently fall back to
         # eager. A reset per run recompiles (from inductor's on-disk cache when the model repeats).
         torch.compiler.reset()
-    if together:
-        stack = Stack(models)  # from here on the seeds' tensors are views of the stacked ones
-        core, net = stack.module, stack.net
-    else:
-        core = models[0]
-        net = torch.compile(core, mode=mode) if compiled else core
-
     n = len(data.train)
     bs = min(cfg.batch_size, n)
     steps = n // bs  # drop the ragged last batch: one batch shape, no tiny noisy BN batch
-    opt = create_optimizer(core, cfg.optim, device)
-    plan = StepPlan(opt, cfg.optim, cfg.epochs, steps)
-    # The EMA copy exists before any warm-up step: a captured step holds its tensors.
-    ema = _EMA(core, cfg.ema) if cfg.ema else None
-    step = TrainStep(core, net, opt, ema, penalty_terms(core, cfg.reg), cfg.reg.label_smoothing, autocast,
-                     steps, device, seeds=len(seeds) if together else 0)
+
+    def make_step(core: nn.Module, net: Callable, k: int = 0) -> TrainStep:
+        opt = create_optimizer(core, cfg.optim, device)
+        # The EMA copy exists before any warm-up step: a captured step holds its tensors.
+        ema = _EMA(core, cfg.ema) if cfg.ema else None
+        return TrainStep(core, net, opt, ema, penalty_terms(core, cfg.reg), cfg.reg.label_smoothing, autocast,
+                         steps, device, seeds=k)
+
+    if stacked:
+        stack = Stack(models)  # from here on the seeds' tensors are views of the stacked ones
+        all_steps = [make_step(stack.module, stack.net, len(seeds))]
+    else:
+        all_steps = [make_step(m, torch.compile(m, mode=mode) if compiled else m) for m in models]
+    # The schedule is the same for every seed: one plan (from the first optimiser's groups) serves all.
+    plan = StepPlan(all_steps[0].opt, cfg.optim, cfg.epochs, steps)
 
     warmup_seconds = 0.0
     if compiled or use_cuda or graph:
-        compiled, warmup_seconds = _prepare(step, data, cfg, bs, autocast, fmt, compiled, graph, plan, log,
-                                            models[0] if together else None)
-        net = step.net
+        for step in all_steps:
+            compiled_here, seconds = _prepare(step, data, cfg, bs, autocast, fmt, compiled, graph, plan, log,
+                                              models[0] if stacked else None)
+            warmup_seconds += seconds
+        compiled = compiled_here
     seed_everything(cfg.seed)  # dropout's generator; seeds together draw their masks from the first seed's
     meta = {"device": _device_name(device), "train_images": n, "batch_size": bs, "steps_per_epoch": steps,
-            "compiled": compiled, "cuda_graph": step.graph is not None, "warmup_seconds": warmup_seconds}
-    if together:
+            "compiled": compiled, "cuda_graph": all(st.graph is not None for st in all_steps),
+            "warmup_seconds": warmup_seconds}
+    if len(seeds) > 1:
         meta["seeds_together"] = len(seeds)
     lanes = []
     for k, s in enumerate(seeds):
         gen = torch.Generator(device=device)
         gen.manual_seed(s.cfg.seed)
         flip_bits = torch.rand(n, device=device, generator=gen) < 0.5 if cfg.alt_flip else None
-        lane_ema = ema if not together or ema is None else _EMAView(stack.lane_ema(ema.model, models[k], k))
-        lane_opt = LaneOptimizer(opt, k) if together else opt
+        if stacked:
+            step, slot = all_steps[0], k
+            lane_ema = None if step.ema is None else _EMAView(stack.lane_ema(step.ema.model, models[k], k))
+            lane_opt, eval_model = LaneOptimizer(step.opt, k), models[k]
+        else:
+            step, slot = all_steps[k], None
+            lane_ema, lane_opt, eval_model = step.ema, step.opt, step.net
         lane = _Lane(s, gen, flip_bits, lane_ema, lane_opt, History(meta=dict(meta), lr_find=lr_find),
-                     lane_ema.model if lane_ema is not None else models[k] if together else net)
+                     lane_ema.model if lane_ema is not None else eval_model, step, slot)
         if lr_find is not None:  # config.json keeps "auto"; the lr used, and how it was found, go here
             lane.history.meta["lr_auto"] = lr_find.summary()
         if s.resume is not None:
@@ -398,7 +421,7 @@ def _train(seeds: list[Seed], data: DataSplits, log) -> list[History]:
 
     def finish(lane: _Lane) -> None:
         h, model = lane.history, lane.seed.model
-        if together:
+        if stacked:
             detach(model)  # its weights stay as they are now, whatever the other seeds still do
         if h.test_logits is None and data.test is not None and lane.seed.resume is not None:
             # Resumed after its last epoch (killed before the folder was complete): its test logits again.
@@ -416,13 +439,15 @@ def _train(seeds: list[Seed], data: DataSplits, log) -> list[History]:
             lane.seed.on_done(h)
 
     show_loss = not use_cuda  # reading the loss costs a host sync: only worth it on CPU
+    lane_streams = [torch.cuda.Stream(device) for _ in lanes] if streams else []
     for epoch in range(min(lane.done for lane in lanes) + 1, cfg.epochs + 1):
         if not any(lane.live for lane in lanes):
             break
-        core.train()
         t0 = time.perf_counter()
         rows = plan.rows(epoch)
-        step.start_epoch(rows)
+        for step in all_steps:
+            step.model.train()
+            step.start_epoch(rows)
         for lane in lanes:
             # The epoch's randomness, in the order per-batch augmentation drew it: the order, the flips
             # (alternating: no draws), then per batch the crop offsets and the flip mask.
@@ -434,18 +459,26 @@ def _train(seeds: list[Seed], data: DataSplits, log) -> list[History]:
                 part = slice(first * bs, min(steps, first + chunk) * bs)
                 xs = [augment(data.train.x[lane.order[part]], lane.draws[part]) for lane in lanes]  # (chunk * bs, 3, 32, 32)
                 ys = [data.train.y[lane.order[part]] for lane in lanes]
-                if together:  # (seeds, chunk * bs, ...)
-                    xs, ys = torch.stack(xs), torch.stack(ys)
-                else:
-                    xs, ys = xs[0], ys[0]
-                    if fmt is not None:
-                        xs = xs.contiguous(memory_format=fmt)
-                for i in range(first, first + ys.shape[-1] // bs):
+                if stacked:  # (seeds, chunk * bs, ...)
+                    xs, ys = [torch.stack(xs)], [torch.stack(ys)]
+                elif fmt is not None:
+                    xs = [x.contiguous(memory_format=fmt) for x in xs]
+                here = torch.cuda.current_stream(device) if streams else None
+                for x, y, stream in zip(xs, ys, lane_streams):
+                    stream.wait_stream(here)  # this chunk's augmentation and the epoch's lr table first
+                    x.record_stream(stream)  # not reused for the next chunk while the stream reads it
+                    y.record_stream(stream)
+                for i in range(first, first + ys[0].shape[-1] // bs):
                     k = (i - first) * bs
-                    step.run(xs.narrow(-4, k, bs), ys.narrow(-1, k, bs), i)
+                    if streams:
+                        for lane, x, y, stream in zip(lanes, xs, ys, lane_streams):
+                            with torch.cuda.stream(stream):
+                                lane.step.run(x.narrow(0, k, bs), y.narrow(0, k, bs), i)
+                    else:
+                        all_steps[0].run(xs[0].narrow(-4, k, bs), ys[0].narrow(-1, k, bs), i)
                     bar.update(1)
                     if show_loss and not bar.disable and i % 20 == 0:
-                        bar.set_postfix(loss=f"{step.loss.mean().item():.3f}")
+                        bar.set_postfix(loss=f"{all_steps[0].loss.mean().item():.3f}")
         if not plan.monitors and epoch < cfg.epochs:
             plan.rows(epoch + 1)  # the next epoch's schedule, on the host while the device works
         if use_cuda:
@@ -455,12 +488,13 @@ def _train(seeds: list[Seed], data: DataSplits, log) -> list[History]:
             if not lane.live:
                 continue
             t1 = time.perf_counter()
-            sums = (step.loss_sum[k], step.correct[k]) if together else (step.loss_sum, step.correct)
+            st = lane.step
+            sums = (st.loss_sum, st.correct) if lane.slot is None else (st.loss_sum[lane.slot], st.correct[lane.slot])
             row, lane.history.test_logits = _epoch_row(epoch, *sums, steps * bs, rows[0][0]["lr"], lane.eval_model,
                                                        data, cfg, autocast, fmt)
             row["seconds"] = loop_seconds + time.perf_counter() - t1
             row["train_seconds"] = loop_seconds
-            if not together:
+            if len(lanes) == 1:  # (seeds together never have a schedule that watches a loss)
                 plan.end_epoch(row.get("val_loss", row["train_loss"]))  # plateau never watches the test set
             lane.history.rows.append(row)
             s = lane.seed
