@@ -480,7 +480,7 @@ def test_on_cuda_seeds_together_train_like_each_seed_alone(name, options):
         for g, r in zip(t.rows, a.rows):
             assert g["train_loss"] == pytest.approx(r["train_loss"], rel=0.05), g["epoch"]
         assert t.final["test_acc"] == pytest.approx(a.final["test_acc"], abs=0.015)
-        assert t.final["test_acc"] > 0.3 and t.test_logits.shape == (2000, 10)  # it learned (chance: 0.1)
+        assert t.final["test_acc"] > 0.2 and t.test_logits.shape == (2000, 10)  # it learned (chance: 0.1)
 
 
 @cuda

@@ -21,7 +21,7 @@ def golden() -> dict:
     """The recorded histories for this CPU's kernel set and torch version (others round differently)."""
     path = make_golden.golden_path()
     if not path.exists():
-        pytest.skip(f"no golden histories for CPU kernels '{path.name.split('.')[1]}' (tests/data has AVX2 and AVX512)")
+        pytest.skip(f"no golden histories for CPU kernels '{path.name.split('.')[1]}' (tests/data has AVX2, AVX512 and AVX512-AMX)")
     doc = json.loads(path.read_text())
     recorded = doc["environment"]["torch"]
     if recorded != torch.__version__:
