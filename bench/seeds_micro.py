@@ -214,18 +214,20 @@ def step_part(k: int) -> list[dict]:
           f"{'a speed-up':>11} {'b speed-up':>11}")
     for name in NETS:
         row = {"net": name}
-        try:
-            models, bs = _models(name, k)
-            row["batch"] = bs
+        models, bs = _models(name, k)
+        row["batch"] = bs
+
+        def one_seed():
             single, x1, y1 = _step([models[0]], bs, stacked=False)
-            row["one"] = _time(lambda i: single.run(x1, y1, i))
-            del single
-            stacked, xk, yk = _step(models, bs, stacked=True)
-            row["stacked"] = _time(lambda i: stacked.run(xk, yk, i))
-            del stacked
+            return _time(lambda i: single.run(x1, y1, i))
+
+        def stacked():
+            step, xk, yk = _step(_models(name, k)[0], bs, stacked=True)
+            return _time(lambda i: step.run(xk, yk, i))
+
+        def on_streams():
             # (b): K independent captured steps, each with its own graph and pool, replayed on K streams.
-            fresh, _ = _models(name, k)
-            steps = [_step([m], bs, stacked=False) for m in fresh]
+            steps = [_step([m], bs, stacked=False) for m in _models(name, k)[0]]
             streams = [_stream() for _ in range(k)]
 
             def replay_all(i):
@@ -237,14 +239,19 @@ def step_part(k: int) -> list[dict]:
                 for stream in streams:
                     here.wait_stream(stream)
 
-            row["streams"] = _time(replay_all)
-            del steps
-        except Exception as exc:  # noqa: BLE001 - report and go on to the next net
-            print(f"{name}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:160]}", flush=True)
-        if "streams" in row:
+            return _time(replay_all)
+
+        for key, fn in (("one", one_seed), ("stacked", stacked), ("streams", on_streams)):
+            try:  # each design on its own: one that fails (vmap refusing a layer) leaves the others measured
+                row[key] = fn()
+            except Exception as exc:  # noqa: BLE001
+                print(f"{name} {key}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:160]}", flush=True)
+        if "one" in row:
             seq = k * row["one"]
-            print(f"{name:<10} {row['batch']:>5} {row['one']:>9.3f} {seq:>8.3f} {row['stacked']:>12.3f} "
-                  f"{row['streams']:>14.3f} {seq / row['stacked']:>10.2f}x {seq / row['streams']:>10.2f}x", flush=True)
+            f = lambda key: f"{row[key]:.3f}" if key in row else "-"  # noqa: E731
+            x = lambda key: f"{seq / row[key]:.2f}x" if key in row else "-"  # noqa: E731
+            print(f"{name:<10} {row['batch']:>5} {row['one']:>9.3f} {seq:>8.3f} {f('stacked'):>12} "
+                  f"{f('streams'):>14} {x('stacked'):>11} {x('streams'):>11}", flush=True)
         out.append(row)
         if not DRY:
             torch.cuda.empty_cache()
