@@ -377,6 +377,16 @@ def test_a_study_says_in_one_line_which_experiments_train_their_seeds_one_at_a_t
     assert set(together_of(tmp_path / "st").values()) == {None}
 
 
+def test_run_study_refuses_an_unknown_seeds_together(make_folder, tmp_path):
+    from cifarlab.errors import ConfigError
+    from cifarlab.study import load_spec, run_study
+
+    spec = load_spec(write_spec(tmp_path / "s.toml", make_folder().root))
+    with pytest.raises(ConfigError, match="auto, on or off, got 'yes'"):
+        run_study(spec, out=tmp_path / "x", seeds_together="yes", log=lambda s: None)
+    assert not (tmp_path / "x").exists()
+
+
 def test_the_study_command_takes_seeds_together(capsys):
     from cifarlab.cli import main
 

@@ -142,12 +142,13 @@ def layer_table(model: nn.Module | str, input_shape: tuple[int, int, int] = (3, 
 
 
 def run_study(spec: str | os.PathLike, seeds: int | None = None, jobs: int = 1, out: str | os.PathLike | None = None,
-              log: Callable[[str], None] = log_line) -> Path:
-    """Run a study spec's experiments x seeds (resuming a finished part), as `cifarlab study`; the study folder."""
+              log: Callable[[str], None] = log_line, seeds_together: str | None = None) -> Path:
+    """Run a study spec's experiments x seeds (resuming a finished part), as `cifarlab study`; the study folder.
+    `seeds_together`: "auto", "on" or "off" as `--seeds-together` (default: the spec's)."""
     from cifarlab.study import load_spec
     from cifarlab.study import run_study as run
 
-    return run(load_spec(spec), out=out, seeds=seeds, jobs=jobs, log=log)
+    return run(load_spec(spec), out=out, seeds=seeds, jobs=jobs, log=log, seeds_together=seeds_together)
 
 
 def write_report(folder: str | os.PathLike, data: str | os.PathLike | None = None) -> tuple[Path, Path]:

@@ -276,6 +276,8 @@ def run_study(spec: StudySpec, out: str | Path | None = None, seeds: int | None 
     n_seeds = seeds if seeds is not None else spec.seeds
     if n_seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {n_seeds}")
+    if seeds_together not in (None, "auto", "on", "off"):
+        raise ConfigError(f"seeds_together must be auto, on or off, got {seeds_together!r}")
     if jobs != "auto" and (not isinstance(jobs, int) or jobs < 1):
         raise ConfigError(f"--jobs must be >= 1 or auto, got {jobs}")
     from cifarlab.models.external import source_change
